@@ -1,0 +1,30 @@
+"""choreo: event-driven choreography between microservices over RabbitMQ."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .bus import Bus, connect
+from .context import Context
+from .errors import ChoreoError, ConfigurationError, ConnectionFailed, PublishError, Reject
+from .events import Event
+from .retry import Retry
+from .service import Service
+
+try:
+    __version__ = version("choreo")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Bus",
+    "ChoreoError",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "Context",
+    "Event",
+    "PublishError",
+    "Reject",
+    "Retry",
+    "Service",
+    "__version__",
+    "connect",
+]

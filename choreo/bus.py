@@ -1,0 +1,300 @@
+"""``connect()`` and the ``Bus``: publish events, start and stop consuming, run a worker.
+
+::
+
+    async with connect("amqp://guest:guest@localhost:5672/") as bus:
+        await bus.publish(SkuProcessed(sku="A1"))      # returns once the broker confirmed
+        await bus.start(catalog, inventory)            # declares topology, consumes
+        ...
+        await bus.stop()                               # graceful
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Generator, Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import config, topology
+from .consumer import ServiceConsumer
+from .errors import ChoreoError, ConfigurationError
+from .events import Event, encode
+from .retry import DEFAULT_RETRY, Retry
+from .service import Service
+from .transports.base import Consumer, Transport
+
+__all__ = ["Bus", "connect"]
+
+log = logging.getLogger("choreo")
+
+DEFAULT_PREFETCH = 64
+DEFAULT_CONCURRENCY = 32
+
+
+def connect(
+    url: str | None = None,
+    *,
+    namespace: str | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    retry: Retry = DEFAULT_RETRY,
+    shutdown_timeout: float = 30.0,
+    connection_name: str | None = None,
+) -> Bus:
+    """A bus for the broker at ``url``: ``amqp://...``, ``amqps://...`` or ``memory://[NAME]``.
+
+    ``url=None`` reads ``CHOREO_BROKER_URL`` (default ``amqp://guest:guest@localhost:5672/``);
+    ``namespace=None`` reads ``CHOREO_NAMESPACE``. Use it as ``async with connect() as bus``
+    or ``bus = await connect()``; nothing touches the network before that.
+    """
+    url = config.broker_url(url)
+    return Bus(
+        _transport_for(url, connection_name or f"choreo pid={os.getpid()}"),
+        url=url,
+        namespace=config.namespace(namespace),
+        prefetch=prefetch,
+        concurrency=concurrency,
+        retry=retry,
+        shutdown_timeout=shutdown_timeout,
+    )
+
+
+def _transport_for(url: str, connection_name: str) -> Transport:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid broker URL {config.redact(url)}: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        from .transports.memory import MemoryTransport
+
+        return MemoryTransport(parts.netloc + parts.path.rstrip("/"))
+    if scheme in ("amqp", "amqps"):
+        if not parts.hostname:
+            raise ConfigurationError(f"invalid broker URL {config.redact(url)}: no host")
+        from .transports.rabbitmq import RabbitMQTransport
+
+        return RabbitMQTransport(url, connection_name=connection_name)
+    raise ConfigurationError(
+        f"unsupported broker URL {config.redact(url)!r}: use amqp://, amqps:// or memory://"
+    )
+
+
+class _Running:
+    __slots__ = ("consumer", "subscription")
+
+    def __init__(self, consumer: ServiceConsumer, subscription: Consumer) -> None:
+        self.consumer = consumer
+        self.subscription = subscription
+
+
+class Bus:
+    """A connection to the broker, shared by publishers and the services it runs."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        url: str,
+        namespace: str = "",
+        prefetch: int = DEFAULT_PREFETCH,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retry: Retry = DEFAULT_RETRY,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        for option, value in (("prefetch", prefetch), ("concurrency", concurrency)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"connect(): {option} must be a positive int")
+        self.transport = transport
+        self.url = url
+        self.namespace = namespace
+        self.prefetch = prefetch
+        self.concurrency = concurrency
+        self.retry = retry
+        self.shutdown_timeout = shutdown_timeout
+        self.declared_exchanges: set[str] = set()
+        self.declared_queues: set[str] = set()
+        self._exchanges_ready: dict[str, asyncio.Future[None]] = {}
+        self._running: dict[str, _Running] = {}
+        self._connected = False
+
+    def __repr__(self) -> str:
+        return f"Bus({config.redact(self.url)!r}, namespace={self.namespace!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> Bus:
+        """Connect to the broker (``ConnectionFailed`` if it cannot be reached)."""
+        if not self._connected:
+            await self.transport.connect()
+            self._connected = True
+        return self
+
+    async def close(self) -> None:
+        """Stop consuming (gracefully) and close the connection."""
+        try:
+            await self.stop()
+        finally:
+            self._connected = False
+            self._exchanges_ready.clear()
+            await self.transport.close()
+
+    async def __aenter__(self) -> Bus:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __await__(self) -> Generator[Any, None, Bus]:
+        return self.open().__await__()
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Publish ``event`` to its exchange; return its message id once the broker confirmed.
+
+        Safe to call concurrently: publishes are pipelined on one confirm channel.
+        """
+        self._check_connected()
+        message = encode(
+            event, correlation_id=correlation_id, causation_id=causation_id, headers=headers
+        )
+        exchange = topology.exchange_name(self.namespace, type(event).__event_name__)
+        if exchange not in self.declared_exchanges:
+            await self._ensure_exchange(exchange)
+        await self.transport.publish(message, exchange)
+        return message.message_id  # type: ignore[return-value]  # encode always sets it
+
+    async def _ensure_exchange(self, exchange: str) -> None:
+        """Declare ``exchange`` once, even when many publishes need it at the same time."""
+        ready = self._exchanges_ready.get(exchange)
+        if ready is None:
+            ready = self._exchanges_ready[exchange] = asyncio.ensure_future(
+                self.transport.declare_exchange(exchange)
+            )
+        try:
+            await asyncio.shield(ready)
+        except BaseException:
+            if ready.done() and self._exchanges_ready.get(exchange) is ready:
+                del self._exchanges_ready[exchange]
+            raise
+        self.declared_exchanges.add(exchange)
+
+    # -- consuming ---------------------------------------------------------------------
+
+    async def start(self, *services: Service) -> None:
+        """Declare the services' exchanges and queues, then consume; return once consuming."""
+        self._check_connected()
+        names = [s.name for s in services]
+        for service in services:
+            if not isinstance(service, Service):
+                raise ConfigurationError(f"bus.start() takes Service objects, got {service!r}")
+            if names.count(service.name) > 1 or service.name in self._running:
+                raise ConfigurationError(f"service {service.name!r} is started twice")
+            if not service.handlers:
+                raise ConfigurationError(f"service {service.name!r} has no handlers")
+        plan = topology.plan(services, self.namespace)
+        for exchange in plan.exchanges:
+            await self._ensure_exchange(exchange)
+        for queue in plan.queues:
+            await self.transport.declare_queue(queue)
+            self.declared_queues.add(queue.name)
+        log.info(
+            "declared exchanges %s and queues %s",
+            ", ".join(plan.exchanges),
+            ", ".join(q.name for q in plan.queues),
+        )
+        for service in services:
+            await self._start_one(service)
+
+    async def _start_one(self, service: Service) -> None:
+        queue = topology.queue_name(self.namespace, service.name)
+        exchanges = {
+            topology.exchange_name(self.namespace, name): handler
+            for name, handler in service.handlers.items()
+        }
+        prefetch = service.prefetch or self.prefetch
+        consumer = ServiceConsumer(
+            self,
+            service,
+            queue=queue,
+            dlq=topology.dlq_name(self.namespace, service.name),
+            exchanges=exchanges,
+            concurrency=service.concurrency or self.concurrency,
+            retry=service.retry or self.retry,
+        )
+        subscription = await self.transport.consume(queue, consumer.on_message, prefetch)
+        self._running[service.name] = _Running(consumer, subscription)
+        log.info(
+            "service %s consuming %s (events: %s; prefetch %d)",
+            service.name,
+            queue,
+            ", ".join(service.handlers),
+            prefetch,
+        )
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop consuming, let handlers in flight finish (up to ``timeout`` s), then settle."""
+        running, self._running = self._running, {}
+        if not running:
+            return
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        for item in running.values():
+            await item.subscription.cancel()
+        results = await asyncio.gather(*(item.consumer.drain(timeout) for item in running.values()))
+        for item in running.values():
+            await item.subscription.close()
+        log.info(
+            "stopped %s%s",
+            ", ".join(running),
+            "" if all(results) else " (some handlers were cancelled)",
+        )
+
+    async def run(self, *services: Service) -> None:
+        """Start ``services`` and consume until cancelled or sent SIGINT/SIGTERM; then stop."""
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, stopped.set)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        try:
+            await self.start(*services)
+            await stopped.wait()
+            log.info("stop requested, finishing handlers in flight")
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            await asyncio.shield(self.stop())
+
+    @property
+    def running(self) -> tuple[str, ...]:
+        """Names of the services this bus consumes for."""
+        return tuple(self._running)
+
+    def _check_connected(self) -> None:
+        if not self._connected:
+            raise ChoreoError(
+                "the bus is not connected: use `async with connect(...) as bus` "
+                "or `bus = await connect(...)`"
+            )

@@ -1,0 +1,267 @@
+"""Where a message is consumed: decode it, find its handler, run it, then ack or dead-letter.
+
+A message is dispatched by its ``type`` property; one without ``type`` (a plain JSON publish
+from a service that does not use choreo) by the exchange it came through. Input that can
+never succeed (unknown event, wrong content type, invalid JSON, a payload that fails
+validation) is dead-lettered at once with the reason. A handler that raises is retried in
+process following its ``Retry`` policy, then dead-lettered. The message is acknowledged only
+after the handler returned, or after its dead-letter copy was confirmed by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from .context import Context
+from .deadletter import dead_letter, format_traceback
+from .errors import ChoreoError, Reject
+from .events import CONTENT_TYPE, Event
+from .retry import Retry
+from .service import Handler, Service
+from .transports.base import Delivery
+
+if TYPE_CHECKING:
+    from .bus import Bus
+
+__all__ = ["ServiceConsumer"]
+
+log = logging.getLogger("choreo.consumer")
+
+
+class _Poison(ChoreoError):
+    """Input that no retry can fix; dead-lettered at once."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ServiceConsumer:
+    """Consumes the queue of one service on one bus."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        service: Service,
+        *,
+        queue: str,
+        dlq: str,
+        exchanges: dict[str, Handler],
+        concurrency: int,
+        retry: Retry,
+    ) -> None:
+        self.bus = bus
+        self.service = service
+        self.queue = queue
+        self.dlq = dlq
+        self._by_name = dict(service.handlers)
+        self._by_exchange = exchanges
+        self._retry = retry
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[object]] = set()
+        self.stopping = False
+
+    async def on_message(self, delivery: Delivery) -> None:
+        """Transport callback: one call per delivery, run concurrently."""
+        if self.stopping:
+            await delivery.reject(requeue=True)
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            async with self._slots:
+                if self.stopping:
+                    await delivery.reject(requeue=True)
+                    return
+                await self._process(delivery)
+        except asyncio.CancelledError:
+            await delivery.reject(requeue=True)  # stopped past the timeout: hand it back
+            raise
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for handlers in flight; cancel those left. True if none was."""
+        self.stopping = True
+        pending = set(self._tasks)
+        if not pending:
+            return True
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+            log.warning(
+                "%s: %d handler(s) still running after %.1fs were cancelled; "
+                "their messages go back to the queue",
+                self.service.name,
+                len(late),
+                timeout,
+            )
+        return not late
+
+    async def _process(self, delivery: Delivery) -> None:
+        message = delivery.message
+        handler = None
+        try:
+            handler = self._handler_for(delivery)
+            event = self._decode(handler, delivery)
+        except _Poison as poison:
+            event_name = handler.event_name if handler else message.type
+            await self._dead_letter(delivery, poison.kind, str(poison), 0, event_name, "")
+            return
+        ctx = Context(
+            self.bus,
+            service=self.service.name,
+            event_name=handler.event_name,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            headers=message.headers,
+        )
+        retry = handler.retry or self._retry
+        give_up: tuple[type[BaseException], ...] = (Reject, *retry.give_up_on)
+        try:
+            try:
+                await self._call(handler, event, ctx)
+            except give_up:
+                raise
+            except Exception:
+                if retry.attempts == 1:
+                    raise
+                await self._retry_in_process(handler, event, ctx, retry, give_up)
+        except Reject as exc:
+            await self._dead_letter(
+                delivery, "Reject", exc.reason, ctx.attempt, handler.event_name, ""
+            )
+        except Exception as exc:
+            await self._dead_letter(
+                delivery,
+                _qualname(type(exc)),
+                str(exc),
+                ctx.attempt,
+                handler.event_name,
+                format_traceback(exc),
+            )
+        else:
+            await delivery.ack()
+
+    def _handler_for(self, delivery: Delivery) -> Handler:
+        kind = delivery.message.type
+        handler = self._by_name.get(kind) if kind else self._by_exchange.get(delivery.exchange)
+        if handler is None:
+            what = (
+                f"event type {kind!r}" if kind else f"messages from exchange {delivery.exchange!r}"
+            )
+            raise _Poison(
+                "UnknownEvent", f"service {self.service.name!r} has no handler for {what}"
+            )
+        return handler
+
+    @staticmethod
+    def _decode(handler: Handler, delivery: Delivery) -> Event:
+        content_type = delivery.message.content_type
+        if content_type and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
+            raise _Poison("UnsupportedContentType", f"content type {content_type!r} is not JSON")
+        try:
+            return handler.event_type.model_validate_json(delivery.message.body)
+        except ValidationError as exc:
+            if any(error["type"] == "json_invalid" for error in exc.errors()):
+                raise _Poison("InvalidJSON", f"body is not valid JSON: {exc}") from exc
+            raise _Poison("ValidationError", f"invalid {handler.event_name}: {exc}") from exc
+
+    @staticmethod
+    async def _call(handler: Handler, event: Event, ctx: Context) -> None:
+        if handler.takes_context:
+            await handler.func(event, ctx)
+        else:
+            await handler.func(event)
+
+    async def _retry_in_process(
+        self,
+        handler: Handler,
+        event: Event,
+        ctx: Context,
+        retry: Retry,
+        give_up: tuple[type[BaseException], ...],
+    ) -> None:
+        """Attempts 2..n after the first failed; ``ctx.attempt`` tells which one ran last."""
+        log.warning(
+            "%s: %s failed on attempt 1/%d, retrying",
+            self.service.name,
+            handler.event_name,
+            retry.attempts,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        await asyncio.sleep(retry.wait_before(2))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(retry.attempts - 1),
+            wait=wait_exponential(
+                multiplier=retry.delay * retry.multiplier,
+                exp_base=retry.multiplier,
+                max=retry.max_delay,
+            ),
+            retry=retry_if_not_exception_type(give_up),
+            reraise=True,
+        )
+        async for try_ in retrying:
+            with try_:
+                ctx.attempt = try_.retry_state.attempt_number + 1
+                await self._call(handler, event, ctx)
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        error_type: str,
+        error_message: str,
+        attempts: int,
+        event_name: str | None,
+        traceback_text: str,
+    ) -> None:
+        copy = dead_letter(
+            delivery.message,
+            error_type=error_type,
+            error_message=error_message,
+            attempts=attempts,
+            service=self.service.name,
+            event=event_name,
+            traceback_text=traceback_text,
+        )
+        try:
+            await self.bus.transport.publish(copy, "", self.dlq)
+        except ChoreoError as exc:
+            log.error(
+                "%s: could not dead-letter message %s (%s); it goes back to the queue",
+                self.service.name,
+                delivery.message.message_id,
+                exc,
+            )
+            await delivery.reject(requeue=True)
+            return
+        await delivery.ack()
+        log.error(
+            "%s: message %s (%s) dead-lettered to %s after %d attempt(s): %s: %s",
+            self.service.name,
+            delivery.message.message_id,
+            event_name,
+            self.dlq,
+            attempts,
+            error_type,
+            error_message[:300],
+        )
+
+
+def _qualname(exc_type: type[BaseException]) -> str:
+    module = exc_type.__module__
+    return exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"

@@ -1,0 +1,141 @@
+"""``Service``: a named set of event handlers, registered with ``@service.on(Event)``."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .context import Context
+from .errors import ConfigurationError
+from .events import Event, event_name_of
+from .retry import Retry
+
+__all__ = ["Handler", "Service"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+HandlerFunc = Callable[..., Awaitable[None]]
+F = TypeVar("F", bound=HandlerFunc)
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """One registered handler: which event, which function, whether it takes a context."""
+
+    event_type: type[Event]
+    event_name: str
+    func: HandlerFunc
+    takes_context: bool
+    retry: Retry | None
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.func.__module__}.{getattr(self.func, '__qualname__', repr(self.func))}"
+
+
+class Service:
+    """A service: one durable queue, bound to the exchange of each event it handles.
+
+    ``prefetch`` bounds the messages the broker hands to one process of the service before
+    they are acknowledged; ``concurrency`` bounds the handlers running at once. ``None``
+    takes the bus's defaults (``connect(prefetch=..., concurrency=...)``). ``retry`` is the
+    default policy of the service's handlers.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        prefetch: int | None = None,
+        concurrency: int | None = None,
+        retry: Retry | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigurationError(
+                f"invalid service name {name!r}: use letters, digits, '_', '.' and '-'"
+            )
+        for option, value in (("prefetch", prefetch), ("concurrency", concurrency)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"Service({name!r}): {option} must be a positive int")
+        self.name = name
+        self.prefetch = prefetch
+        self.concurrency = concurrency
+        self.retry = retry
+        self._handlers: dict[str, Handler] = {}
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, events={list(self._handlers)})"
+
+    @property
+    def handlers(self) -> Mapping[str, Handler]:
+        """Handlers by event name, in the order they were registered."""
+        return self._handlers
+
+    def on(self, event_type: type[Event], *, retry: Retry | None = None) -> Callable[[F], F]:
+        """Register the decorated async function as the handler of ``event_type``."""
+        event_name_of(event_type)  # fail on the decorator line, not on the function
+
+        def register(func: F) -> F:
+            self.add_handler(event_type, func, retry=retry)
+            return func
+
+        return register
+
+    def add_handler(
+        self, event_type: type[Event], func: HandlerFunc, *, retry: Retry | None = None
+    ) -> Handler:
+        """Register ``func`` as the handler of ``event_type``; what ``@service.on`` does."""
+        name = event_name_of(event_type)
+        if name in self._handlers:
+            raise ConfigurationError(
+                f"service {self.name!r} already handles {name!r} "
+                f"with {self._handlers[name].qualname}; one handler per event and service"
+            )
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigurationError(f"retry must be a choreo.Retry, got {retry!r}")
+        handler = Handler(event_type, name, func, _takes_context(func, event_type), retry)
+        self._handlers[name] = handler
+        return handler
+
+
+def _takes_context(func: Any, event_type: type[Event]) -> bool:
+    """Check the handler's signature; True if it takes a ``Context`` after the event."""
+    where = f"handler {getattr(func, '__qualname__', func)!r} for {event_type.__name__}"
+    if not inspect.iscoroutinefunction(func):
+        raise ConfigurationError(f"{where} must be an async function (async def)")
+    signature = inspect.signature(func)
+    positional = []
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ConfigurationError(f"{where}: *args and **kwargs are not supported")
+        if param.kind is param.KEYWORD_ONLY:
+            if param.default is param.empty:
+                raise ConfigurationError(f"{where}: keyword-only parameter {param.name!r}")
+            continue
+        if param.default is param.empty:
+            positional.append(param)
+    if len(positional) not in (1, 2):
+        raise ConfigurationError(
+            f"{where} must take (event) or (event, ctx), not {len(positional)} parameters"
+        )
+    try:  # resolves string annotations (from __future__ import annotations)
+        hints = typing.get_type_hints(func)
+    except Exception:  # names the module cannot resolve: nothing to check against
+        hints = {}
+    expected = hints.get(positional[0].name)
+    if isinstance(expected, type) and not issubclass(event_type, expected):
+        raise ConfigurationError(
+            f"{where}: its first parameter is annotated {expected.__name__}, "
+            f"which a {event_type.__name__} is not"
+        )
+    if len(positional) == 2:
+        ctx_type = hints.get(positional[1].name)
+        if isinstance(ctx_type, type) and not issubclass(Context, ctx_type):
+            raise ConfigurationError(
+                f"{where}: its second parameter must be a choreo.Context, not {ctx_type.__name__}"
+            )
+    return len(positional) == 2

@@ -1,0 +1,1 @@
+"""Transports: the broker backends behind one small interface (see ``base.py``)."""

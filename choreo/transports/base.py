@@ -1,0 +1,101 @@
+"""The one small interface every transport implements.
+
+A transport knows nothing of events, services or handlers. It declares durable fanout
+exchanges and durable queues, publishes a :class:`Message` and returns once the broker has
+confirmed it, and hands each incoming :class:`Delivery` to a callback. Everything else
+(encoding, dispatch, retries, dead letters) lives above it and is shared by all transports.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Consumer", "Delivery", "Message", "OnMessage", "QueueSpec", "Transport"]
+
+
+@dataclass(slots=True)
+class Message:
+    """A message as it travels: body and the AMQP properties choreo uses."""
+
+    body: bytes
+    message_id: str | None = None
+    type: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = None
+    timestamp: int | None = None  # seconds since the epoch, as AMQP carries it
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A durable queue and the exchanges it is bound to."""
+
+    name: str
+    bindings: tuple[str, ...] = ()
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+
+class Delivery(abc.ABC):
+    """A message handed to a consumer; it must be settled with ``ack`` or ``reject`` once."""
+
+    __slots__ = ("exchange", "message", "redelivered", "routing_key")
+
+    def __init__(self, message: Message, exchange: str, routing_key: str, redelivered: bool):
+        self.message = message
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.redelivered = redelivered
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """The message was handled; the broker may forget it."""
+
+    @abc.abstractmethod
+    async def reject(self, requeue: bool) -> None:
+        """Give the message back to its queue (``requeue=True``) or drop it."""
+
+
+OnMessage = Callable[[Delivery], Coroutine[Any, Any, None]]
+
+
+class Consumer(abc.ABC):
+    """A running subscription to one queue."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop receiving new deliveries; deliveries already handed over may still settle."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Cancel, and give every delivery not yet settled back to the queue."""
+
+
+class Transport(abc.ABC):
+    """A connection to a broker."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection; raise ``ConnectionFailed`` when the broker cannot be reached."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the connection and everything opened on it."""
+
+    @abc.abstractmethod
+    async def declare_exchange(self, name: str) -> None:
+        """Declare a durable fanout exchange (idempotent)."""
+
+    @abc.abstractmethod
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        """Declare a durable queue and bind it to its exchanges (idempotent)."""
+
+    @abc.abstractmethod
+    async def publish(self, message: Message, exchange: str, routing_key: str = "") -> None:
+        """Publish persistently; return once the broker confirmed, else raise ``PublishError``."""
+
+    @abc.abstractmethod
+    async def consume(self, queue: str, on_message: OnMessage, prefetch: int) -> Consumer:
+        """Deliver messages of ``queue`` to ``on_message``, at most ``prefetch`` unsettled."""
