@@ -1,6 +1,6 @@
 """choreo: event-driven choreography between microservices over RabbitMQ."""
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from .bus import Bus, connect
 from .context import Context
@@ -10,8 +10,8 @@ from .retry import Retry
 from .service import Service
 
 try:
-    __version__ = version("choreo")
-except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = _metadata.version("choreo")
+except _metadata.PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
 __all__ = [

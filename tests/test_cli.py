@@ -1,0 +1,200 @@
+"""The ``choreo`` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import choreo
+
+from .conftest import Buses
+from .fixtures.worker import Ping
+from .helpers import WAIT, ready_count
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def choreo_cmd(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "choreo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("target", "message"),
+        [
+            ("no_such_module:service", "no module named 'no_such_module'"),
+            ("tests.fixtures.no_such:service", "no module named 'tests.fixtures.no_such'"),
+            ("tests.fixtures.worker:nope", "has no attribute 'nope'"),
+            ("tests.fixtures.worker:NOT_A_SERVICE", "is a int, not a choreo.Service"),
+            ("tests.fixtures.broken:service", "RuntimeError: boom at import time"),
+            ("tests.fixtures.worker", "expected MODULE:ATTRIBUTE"),
+        ],
+    )
+    def test_bad_target_is_one_clear_line(self, target: str, message: str) -> None:
+        """Exit 2, one line on stderr naming the problem, no traceback."""
+        result = choreo_cmd("run", target, "--broker", "memory://")
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert result.stderr.count("\n") == 1
+        assert "Traceback" not in result.stderr
+
+    @pytest.mark.parametrize("url", ["http://localhost:5672/", "amqp://"])
+    def test_bad_url_is_one_clear_line(self, url: str) -> None:
+        """A URL choreo cannot use: exit 2 and a line that says so."""
+        result = choreo_cmd("run", "tests.fixtures.worker:service", "--broker", url)
+        assert result.returncode == 2
+        assert "URL" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_unreachable_broker_exits_1_without_leaking_the_password(self) -> None:
+        """Nothing listens on the port: exit 1, the URL shown with *** for its password."""
+        result = choreo_cmd(
+            "run", "tests.fixtures.worker:service", "--broker", "amqp://guest:hunter2@127.0.0.1:1/"
+        )
+        assert result.returncode == 1
+        assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/" in result.stderr
+        assert "hunter2" not in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_debug_shows_the_traceback(self) -> None:
+        """--debug is for developers: the traceback is printed."""
+        result = choreo_cmd("run", "tests.fixtures.broken:service", "--debug")
+        assert result.returncode != 0
+        assert "Traceback" in result.stderr
+
+    def test_version(self) -> None:
+        """choreo --version prints the package version."""
+        result = choreo_cmd("--version")
+        assert result.returncode == 0
+        assert result.stdout.strip() == f"choreo {choreo.__version__}"
+
+    def test_console_script_is_installed(self) -> None:
+        """The `choreo` command sits next to the interpreter."""
+        script = Path(sys.executable).parent / "choreo"
+        result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0
+        assert "run" in result.stdout
+
+
+class Worker:
+    """`choreo run tests.fixtures.worker:service` in a subprocess."""
+
+    def __init__(self, process: asyncio.subprocess.Process, out: Path) -> None:
+        self.process = process
+        self.out = out
+        self.stderr: list[str] = []
+        self._reader = asyncio.ensure_future(self._read())
+        self.consuming = asyncio.Event()
+
+    async def _read(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode()
+            self.stderr.append(line)
+            if "consuming" in line:
+                self.consuming.set()
+
+    def handled(self) -> list[dict[str, object]]:
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines()]
+
+    async def wait_handled(self, count: int) -> list[dict[str, object]]:
+        async with asyncio.timeout(WAIT):
+            while len(self.handled()) < count:
+                if self.process.returncode is not None:
+                    raise AssertionError("worker exited:\n" + "".join(self.stderr))
+                await asyncio.sleep(0.05)
+        return self.handled()
+
+    async def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT):
+            code = await self.process.wait()
+            await self._reader
+        return code
+
+
+@pytest.fixture
+def transport() -> str:
+    return "rabbitmq"
+
+
+@pytest.fixture
+async def worker(make_bus: Buses, namespace: str, tmp_path: Path) -> AsyncIterator[Worker]:
+    make_bus.extra_queues |= {f"{namespace}.worker", f"{namespace}.worker.dlq"}
+    make_bus.extra_exchanges.add(f"{namespace}.ping")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "choreo",
+        "run",
+        "tests.fixtures.worker:service",
+        "--broker",
+        make_bus.url,
+        "--namespace",
+        namespace,
+        "--shutdown-timeout",
+        "10",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "CHOREO_TEST_OUT": str(tmp_path / "handled.jsonl")},
+    )
+    running = Worker(process, tmp_path / "handled.jsonl")
+    try:
+        async with asyncio.timeout(WAIT):
+            await running.consuming.wait()
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.broker
+class TestRun:
+    async def test_worker_consumes_and_exits_0_on_sigterm(
+        self, worker: Worker, make_bus: Buses
+    ) -> None:
+        """Events published to the worker's event are handled; SIGTERM is a clean exit."""
+        bus = await make_bus()
+        ids = await asyncio.gather(*(bus.publish(Ping(n=i)) for i in range(20)))
+        handled = await worker.wait_handled(20)
+        assert sorted(h["id"] for h in handled) == sorted(ids)
+        assert await worker.terminate() == 0
+        stderr = "".join(worker.stderr)
+        assert "Traceback" not in stderr
+        assert f"{bus.namespace}.worker" in stderr  # says which queue it declared and consumes
+        assert "guest:guest" not in stderr
+
+    async def test_sigterm_lets_the_handler_in_flight_finish_and_ack(
+        self, worker: Worker, make_bus: Buses
+    ) -> None:
+        """A handler running when SIGTERM arrives completes; its message is not left behind."""
+        bus = await make_bus()
+        await bus.publish(Ping(n=1, delay=1.0))
+        started = Path(f"{worker.out}.started")
+        async with asyncio.timeout(WAIT):
+            while not started.exists():
+                await asyncio.sleep(0.02)
+        assert worker.handled() == []  # still sleeping in the handler
+        assert await worker.terminate() == 0
+        assert [h["n"] for h in worker.handled()] == [1]
+        assert await ready_count(bus, f"{bus.namespace}.worker") == 0
