@@ -4,7 +4,17 @@ from importlib import metadata as _metadata
 
 from .bus import Bus, connect
 from .context import Context
-from .errors import ChoreoError, ConfigurationError, ConnectionFailed, PublishError, Reject
+from .errors import (
+    ChoreoError,
+    ConfigurationError,
+    ConnectionFailed,
+    InvalidReply,
+    NoResponder,
+    PublishError,
+    Reject,
+    RemoteError,
+    RequestTimeout,
+)
 from .events import Event
 from .retry import Retry
 from .service import Service
@@ -21,8 +31,12 @@ __all__ = [
     "ConnectionFailed",
     "Context",
     "Event",
+    "InvalidReply",
+    "NoResponder",
     "PublishError",
     "Reject",
+    "RemoteError",
+    "RequestTimeout",
     "Retry",
     "Service",
     "__version__",

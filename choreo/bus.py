@@ -17,16 +17,26 @@ import os
 import signal
 from collections.abc import Generator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
+
 from . import config, topology
-from .consumer import ServiceConsumer
-from .errors import ChoreoError, ConfigurationError
-from .events import Event, encode
+from .consumer import QueueWorker, ServiceConsumer
+from .errors import (
+    ChoreoError,
+    ConfigurationError,
+    InvalidReply,
+    NoResponder,
+    RemoteError,
+    RequestTimeout,
+)
+from .events import Event, encode, event_name_of
+from .responder import ERROR_TYPE, Responder
 from .retry import DEFAULT_RETRY, Retry
 from .service import Service
-from .transports.base import Consumer, Transport
+from .transports.base import DIRECT, FANOUT, Consumer, Transport
 
 __all__ = ["Bus", "connect"]
 
@@ -34,6 +44,9 @@ log = logging.getLogger("choreo")
 
 DEFAULT_PREFETCH = 64
 DEFAULT_CONCURRENCY = 32
+DEFAULT_REQUEST_TIMEOUT = 5.0
+
+R = TypeVar("R", bound=Event)
 
 
 def connect(
@@ -88,7 +101,7 @@ def _transport_for(url: str, connection_name: str) -> Transport:
 class _Running:
     __slots__ = ("consumer", "subscription")
 
-    def __init__(self, consumer: ServiceConsumer, subscription: Consumer) -> None:
+    def __init__(self, consumer: QueueWorker, subscription: Consumer) -> None:
         self.consumer = consumer
         self.subscription = subscription
 
@@ -120,7 +133,7 @@ class Bus:
         self.declared_exchanges: set[str] = set()
         self.declared_queues: set[str] = set()
         self._exchanges_ready: dict[str, asyncio.Future[None]] = {}
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, list[_Running]] = {}
         self._connected = False
 
     def __repr__(self) -> str:
@@ -178,16 +191,68 @@ class Bus:
         )
         exchange = topology.exchange_name(self.namespace, type(event).__event_name__)
         if exchange not in self.declared_exchanges:
-            await self._ensure_exchange(exchange)
+            await self._ensure_exchange(exchange, FANOUT)
         await self.transport.publish(message, exchange)
         return message.message_id  # type: ignore[return-value]  # encode always sets it
 
-    async def _ensure_exchange(self, exchange: str) -> None:
+    async def request(
+        self,
+        request: Event,
+        reply_type: type[R],
+        *,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> R:
+        """Send ``request`` to the service that responds to it and return its reply.
+
+        Raises ``NoResponder`` at once when no service responds to it, ``RequestTimeout``
+        after ``timeout`` seconds without a reply, ``RemoteError`` when the responder
+        raised, and ``InvalidReply`` when the reply is not a valid ``reply_type``.
+        """
+        self._check_connected()
+        reply_name = event_name_of(reply_type)
+        if timeout <= 0:
+            raise ConfigurationError(f"request timeout must be positive, got {timeout}")
+        message = encode(
+            request, correlation_id=correlation_id, causation_id=causation_id, headers=headers
+        )
+        name = type(request).__event_name__
+        exchange = topology.requests_exchange_name(self.namespace)
+        if exchange not in self.declared_exchanges:
+            await self._ensure_exchange(exchange, DIRECT)
+        try:
+            reply = await self.transport.request(message, exchange, name, timeout)
+        except NoResponder:
+            where = f" in namespace {self.namespace!r}" if self.namespace else ""
+            raise NoResponder(f"no service responds to {name!r}{where}") from None
+        except RequestTimeout:
+            raise RequestTimeout(f"request {name!r} got no reply within {timeout}s") from None
+        if reply.type == ERROR_TYPE:
+            headers_ = reply.headers
+            raise RemoteError(
+                str(headers_.get("x-choreo-error-type", "Error")),
+                str(headers_.get("x-choreo-error-message", "")),
+                str(headers_.get("x-choreo-service", "")),
+            )
+        if reply.type is not None and reply.type != reply_name:
+            raise InvalidReply(
+                f"request {name!r} expected a {reply_name!r} reply, got {reply.type!r}"
+            )
+        try:
+            return reply_type.model_validate_json(reply.body)
+        except ValidationError as exc:
+            raise InvalidReply(
+                f"reply to {name!r} is not a valid {reply_type.__name__}: {exc}"
+            ) from None
+
+    async def _ensure_exchange(self, exchange: str, kind: str) -> None:
         """Declare ``exchange`` once, even when many publishes need it at the same time."""
         ready = self._exchanges_ready.get(exchange)
         if ready is None:
             ready = self._exchanges_ready[exchange] = asyncio.ensure_future(
-                self.transport.declare_exchange(exchange)
+                self.transport.declare_exchange(exchange, kind)
             )
         try:
             await asyncio.shield(ready)
@@ -208,47 +273,62 @@ class Bus:
                 raise ConfigurationError(f"bus.start() takes Service objects, got {service!r}")
             if names.count(service.name) > 1 or service.name in self._running:
                 raise ConfigurationError(f"service {service.name!r} is started twice")
-            if not service.handlers:
+            if not service.handlers and not service.responders:
                 raise ConfigurationError(f"service {service.name!r} has no handlers")
         plan = topology.plan(services, self.namespace)
-        for exchange in plan.exchanges:
-            await self._ensure_exchange(exchange)
+        for exchange, kind in plan.exchanges:
+            await self._ensure_exchange(exchange, kind)
         for queue in plan.queues:
             await self.transport.declare_queue(queue)
             self.declared_queues.add(queue.name)
         log.info(
             "declared exchanges %s and queues %s",
-            ", ".join(plan.exchanges),
+            ", ".join(name for name, _ in plan.exchanges),
             ", ".join(q.name for q in plan.queues),
         )
         for service in services:
-            await self._start_one(service)
+            self._running[service.name] = []
+            try:
+                await self._start_one(service)
+            except BaseException:
+                await self.stop()
+                raise
 
     async def _start_one(self, service: Service) -> None:
-        queue = topology.queue_name(self.namespace, service.name)
-        exchanges = {
-            topology.exchange_name(self.namespace, name): handler
-            for name, handler in service.handlers.items()
-        }
         prefetch = service.prefetch or self.prefetch
-        consumer = ServiceConsumer(
-            self,
-            service,
-            queue=queue,
-            dlq=topology.dlq_name(self.namespace, service.name),
-            exchanges=exchanges,
-            concurrency=service.concurrency or self.concurrency,
-            retry=service.retry or self.retry,
-        )
-        subscription = await self.transport.consume(queue, consumer.on_message, prefetch)
-        self._running[service.name] = _Running(consumer, subscription)
-        log.info(
-            "service %s consuming %s (events: %s; prefetch %d)",
-            service.name,
-            queue,
-            ", ".join(service.handlers),
-            prefetch,
-        )
+        concurrency = service.concurrency or self.concurrency
+        dlq = topology.dlq_name(self.namespace, service.name)
+        workers: list[QueueWorker] = []
+        if service.handlers:
+            exchanges = {
+                topology.exchange_name(self.namespace, name): handler
+                for name, handler in service.handlers.items()
+            }
+            workers.append(
+                ServiceConsumer(
+                    self,
+                    service,
+                    queue=topology.queue_name(self.namespace, service.name),
+                    dlq=dlq,
+                    exchanges=exchanges,
+                    concurrency=concurrency,
+                    retry=service.retry or self.retry,
+                )
+            )
+        if service.responders:
+            workers.append(
+                Responder(
+                    self,
+                    service,
+                    queue=topology.requests_queue_name(self.namespace, service.name),
+                    dlq=dlq,
+                    concurrency=concurrency,
+                )
+            )
+        for worker in workers:
+            subscription = await self.transport.consume(worker.queue, worker.on_message, prefetch)
+            self._running[service.name].append(_Running(worker, subscription))
+            log.info("service %s consuming %s (prefetch %d)", service.name, worker.queue, prefetch)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop consuming, let handlers in flight finish (up to ``timeout`` s), then settle."""
@@ -256,10 +336,11 @@ class Bus:
         if not running:
             return
         timeout = self.shutdown_timeout if timeout is None else timeout
-        for item in running.values():
+        items = [item for items in running.values() for item in items]
+        for item in items:
             await item.subscription.cancel()
-        results = await asyncio.gather(*(item.consumer.drain(timeout) for item in running.values()))
-        for item in running.values():
+        results = await asyncio.gather(*(item.consumer.drain(timeout) for item in items))
+        for item in items:
             await item.subscription.close()
         log.info(
             "stopped %s%s",

@@ -33,12 +33,12 @@ from .transports.base import Delivery
 if TYPE_CHECKING:
     from .bus import Bus
 
-__all__ = ["ServiceConsumer"]
+__all__ = ["Poison", "QueueWorker", "ServiceConsumer"]
 
 log = logging.getLogger("choreo.consumer")
 
 
-class _Poison(ChoreoError):
+class Poison(ChoreoError):
     """Input that no retry can fix; dead-lettered at once."""
 
     def __init__(self, kind: str, message: str) -> None:
@@ -46,27 +46,17 @@ class _Poison(ChoreoError):
         self.kind = kind
 
 
-class ServiceConsumer:
-    """Consumes the queue of one service on one bus."""
+class QueueWorker:
+    """Consumes one queue of a service: bounded concurrency, graceful drain, dead letters.
 
-    def __init__(
-        self,
-        bus: Bus,
-        service: Service,
-        *,
-        queue: str,
-        dlq: str,
-        exchanges: dict[str, Handler],
-        concurrency: int,
-        retry: Retry,
-    ) -> None:
+    Subclasses say what processing a delivery means (``_process``).
+    """
+
+    def __init__(self, bus: Bus, service: Service, *, queue: str, dlq: str, concurrency: int):
         self.bus = bus
         self.service = service
         self.queue = queue
         self.dlq = dlq
-        self._by_name = dict(service.handlers)
-        self._by_exchange = exchanges
-        self._retry = retry
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[object]] = set()
         self.stopping = False
@@ -113,16 +103,23 @@ class ServiceConsumer:
         return not late
 
     async def _process(self, delivery: Delivery) -> None:
-        message = delivery.message
-        handler = None
+        raise NotImplementedError
+
+    @staticmethod
+    def _decode(handler: Handler, delivery: Delivery) -> Event:
+        content_type = delivery.message.content_type
+        if content_type and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
+            raise Poison("UnsupportedContentType", f"content type {content_type!r} is not JSON")
         try:
-            handler = self._handler_for(delivery)
-            event = self._decode(handler, delivery)
-        except _Poison as poison:
-            event_name = handler.event_name if handler else message.type
-            await self._dead_letter(delivery, poison.kind, str(poison), 0, event_name, "")
-            return
-        ctx = Context(
+            return handler.event_type.model_validate_json(delivery.message.body)
+        except ValidationError as exc:
+            if any(error["type"] == "json_invalid" for error in exc.errors()):
+                raise Poison("InvalidJSON", f"body is not valid JSON: {exc}") from exc
+            raise Poison("ValidationError", f"invalid {handler.event_name}: {exc}") from exc
+
+    def _context(self, handler: Handler, delivery: Delivery) -> Context:
+        message = delivery.message
+        return Context(
             self.bus,
             service=self.service.name,
             event_name=handler.event_name,
@@ -130,95 +127,12 @@ class ServiceConsumer:
             correlation_id=message.correlation_id,
             headers=message.headers,
         )
-        retry = handler.retry or self._retry
-        give_up: tuple[type[BaseException], ...] = (Reject, *retry.give_up_on)
-        try:
-            try:
-                await self._call(handler, event, ctx)
-            except give_up:
-                raise
-            except Exception:
-                if retry.attempts == 1:
-                    raise
-                await self._retry_in_process(handler, event, ctx, retry, give_up)
-        except Reject as exc:
-            await self._dead_letter(
-                delivery, "Reject", exc.reason, ctx.attempt, handler.event_name, ""
-            )
-        except Exception as exc:
-            await self._dead_letter(
-                delivery,
-                _qualname(type(exc)),
-                str(exc),
-                ctx.attempt,
-                handler.event_name,
-                format_traceback(exc),
-            )
-        else:
-            await delivery.ack()
-
-    def _handler_for(self, delivery: Delivery) -> Handler:
-        kind = delivery.message.type
-        handler = self._by_name.get(kind) if kind else self._by_exchange.get(delivery.exchange)
-        if handler is None:
-            what = (
-                f"event type {kind!r}" if kind else f"messages from exchange {delivery.exchange!r}"
-            )
-            raise _Poison(
-                "UnknownEvent", f"service {self.service.name!r} has no handler for {what}"
-            )
-        return handler
 
     @staticmethod
-    def _decode(handler: Handler, delivery: Delivery) -> Event:
-        content_type = delivery.message.content_type
-        if content_type and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
-            raise _Poison("UnsupportedContentType", f"content type {content_type!r} is not JSON")
-        try:
-            return handler.event_type.model_validate_json(delivery.message.body)
-        except ValidationError as exc:
-            if any(error["type"] == "json_invalid" for error in exc.errors()):
-                raise _Poison("InvalidJSON", f"body is not valid JSON: {exc}") from exc
-            raise _Poison("ValidationError", f"invalid {handler.event_name}: {exc}") from exc
-
-    @staticmethod
-    async def _call(handler: Handler, event: Event, ctx: Context) -> None:
+    async def _call(handler: Handler, event: Event, ctx: Context) -> object:
         if handler.takes_context:
-            await handler.func(event, ctx)
-        else:
-            await handler.func(event)
-
-    async def _retry_in_process(
-        self,
-        handler: Handler,
-        event: Event,
-        ctx: Context,
-        retry: Retry,
-        give_up: tuple[type[BaseException], ...],
-    ) -> None:
-        """Attempts 2..n after the first failed; ``ctx.attempt`` tells which one ran last."""
-        log.warning(
-            "%s: %s failed on attempt 1/%d, retrying",
-            self.service.name,
-            handler.event_name,
-            retry.attempts,
-            exc_info=log.isEnabledFor(logging.DEBUG),
-        )
-        await asyncio.sleep(retry.wait_before(2))
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(retry.attempts - 1),
-            wait=wait_exponential(
-                multiplier=retry.delay * retry.multiplier,
-                exp_base=retry.multiplier,
-                max=retry.max_delay,
-            ),
-            retry=retry_if_not_exception_type(give_up),
-            reraise=True,
-        )
-        async for try_ in retrying:
-            with try_:
-                ctx.attempt = try_.retry_state.attempt_number + 1
-                await self._call(handler, event, ctx)
+            return await handler.func(event, ctx)
+        return await handler.func(event)
 
     async def _dead_letter(
         self,
@@ -260,6 +174,106 @@ class ServiceConsumer:
             error_type,
             error_message[:300],
         )
+
+
+class ServiceConsumer(QueueWorker):
+    """Consumes the event queue of one service: dispatch, retries, dead letters."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        service: Service,
+        *,
+        queue: str,
+        dlq: str,
+        exchanges: dict[str, Handler],
+        concurrency: int,
+        retry: Retry,
+    ) -> None:
+        super().__init__(bus, service, queue=queue, dlq=dlq, concurrency=concurrency)
+        self._by_name = dict(service.handlers)
+        self._by_exchange = exchanges
+        self._retry = retry
+
+    async def _process(self, delivery: Delivery) -> None:
+        message = delivery.message
+        handler = None
+        try:
+            handler = self._handler_for(delivery)
+            event = self._decode(handler, delivery)
+        except Poison as poison:
+            event_name = handler.event_name if handler else message.type
+            await self._dead_letter(delivery, poison.kind, str(poison), 0, event_name, "")
+            return
+        ctx = self._context(handler, delivery)
+        retry = handler.retry or self._retry
+        give_up: tuple[type[BaseException], ...] = (Reject, *retry.give_up_on)
+        try:
+            try:
+                await self._call(handler, event, ctx)
+            except give_up:
+                raise
+            except Exception:
+                if retry.attempts == 1:
+                    raise
+                await self._retry_in_process(handler, event, ctx, retry, give_up)
+        except Reject as exc:
+            await self._dead_letter(
+                delivery, "Reject", exc.reason, ctx.attempt, handler.event_name, ""
+            )
+        except Exception as exc:
+            await self._dead_letter(
+                delivery,
+                _qualname(type(exc)),
+                str(exc),
+                ctx.attempt,
+                handler.event_name,
+                format_traceback(exc),
+            )
+        else:
+            await delivery.ack()
+
+    def _handler_for(self, delivery: Delivery) -> Handler:
+        kind = delivery.message.type
+        handler = self._by_name.get(kind) if kind else self._by_exchange.get(delivery.exchange)
+        if handler is None:
+            what = (
+                f"event type {kind!r}" if kind else f"messages from exchange {delivery.exchange!r}"
+            )
+            raise Poison("UnknownEvent", f"service {self.service.name!r} has no handler for {what}")
+        return handler
+
+    async def _retry_in_process(
+        self,
+        handler: Handler,
+        event: Event,
+        ctx: Context,
+        retry: Retry,
+        give_up: tuple[type[BaseException], ...],
+    ) -> None:
+        """Attempts 2..n after the first failed; ``ctx.attempt`` tells which one ran last."""
+        log.warning(
+            "%s: %s failed on attempt 1/%d, retrying",
+            self.service.name,
+            handler.event_name,
+            retry.attempts,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        await asyncio.sleep(retry.wait_before(2))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(retry.attempts - 1),
+            wait=wait_exponential(
+                multiplier=retry.delay * retry.multiplier,
+                exp_base=retry.multiplier,
+                max=retry.max_delay,
+            ),
+            retry=retry_if_not_exception_type(give_up),
+            reraise=True,
+        )
+        async for try_ in retrying:
+            with try_:
+                ctx.attempt = try_.retry_state.attempt_number + 1
+                await self._call(handler, event, ctx)
 
 
 def _qualname(exc_type: type[BaseException]) -> str:

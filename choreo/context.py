@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .events import CAUSATION_HEADER, Event
 
@@ -12,13 +12,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Context"]
 
+R = TypeVar("R", bound=Event)
+
 
 class Context:
     """Passed to handlers that take a second parameter.
 
-    Events published with :meth:`publish` continue the conversation: they carry the
-    incoming ``correlation_id`` (or, for the first hop, the incoming ``message_id``) and
-    have the incoming ``message_id`` as their causation id.
+    Events published with :meth:`publish`, and requests sent with :meth:`request`, continue
+    the conversation: they carry the incoming ``correlation_id`` (or, for the first hop, the
+    incoming ``message_id``) and have the incoming ``message_id`` as their causation id.
     """
 
     __slots__ = (
@@ -70,6 +72,24 @@ class Context:
         return await self._bus.publish(
             event,
             correlation_id=correlation_id or self.correlation_id or self.message_id,
+            causation_id=self.message_id,
+            headers=headers,
+        )
+
+    async def request(
+        self,
+        request: Event,
+        reply_type: type[R],
+        *,
+        timeout: float = 5.0,
+        headers: Mapping[str, Any] | None = None,
+    ) -> R:
+        """Ask the service that responds to ``request``; see :meth:`choreo.Bus.request`."""
+        return await self._bus.request(
+            request,
+            reply_type,
+            timeout=timeout,
+            correlation_id=self.correlation_id or self.message_id,
             causation_id=self.message_id,
             headers=headers,
         )

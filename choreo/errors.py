@@ -3,7 +3,12 @@
     ChoreoError
      ├── ConfigurationError     a mistake in code or settings, raised at import/registration/start
      ├── ConnectionFailed       the broker cannot be reached, or the connection was lost for good
-     ├── PublishError           the broker did not confirm a publish (nack, return, timeout)
+     ├── PublishError           the broker did not confirm a publish (nack, timeout)
+     │    └── Unroutable        no queue was bound for a mandatory message
+     │         └── NoResponder  no service responds to this request
+     ├── RequestTimeout         no reply came within the request's timeout
+     ├── RemoteError            the responder raised; carries the remote type and message
+     ├── InvalidReply           the reply does not validate against the expected reply type
      └── Reject                 raised by a handler: dead-letter this message now, no retries
 
 Errors of the transport library (aio-pika, aiormq) are translated at the edge, in
@@ -12,7 +17,18 @@ Errors of the transport library (aio-pika, aiormq) are translated at the edge, i
 
 from __future__ import annotations
 
-__all__ = ["ChoreoError", "ConfigurationError", "ConnectionFailed", "PublishError", "Reject"]
+__all__ = [
+    "ChoreoError",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "InvalidReply",
+    "NoResponder",
+    "PublishError",
+    "Reject",
+    "RemoteError",
+    "RequestTimeout",
+    "Unroutable",
+]
 
 
 class ChoreoError(Exception):
@@ -37,3 +53,30 @@ class Reject(ChoreoError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Unroutable(PublishError):
+    """A mandatory message reached no queue: nothing is bound for it."""
+
+
+class NoResponder(Unroutable):
+    """No service responds to this request (no queue is bound for it)."""
+
+
+class RequestTimeout(ChoreoError):
+    """No reply came within the request's timeout."""
+
+
+class RemoteError(ChoreoError):
+    """The responding handler raised; ``type`` and ``message`` describe the remote error."""
+
+    def __init__(self, type: str, message: str, service: str = "") -> None:
+        where = f" in {service}" if service else ""
+        super().__init__(f"{type}{where}: {message}")
+        self.type = type
+        self.message = message
+        self.service = service
+
+
+class InvalidReply(ChoreoError):
+    """A reply arrived but is not a valid instance of the expected reply type."""

@@ -1,4 +1,8 @@
-"""``Service``: a named set of event handlers, registered with ``@service.on(Event)``."""
+"""``Service``: a named set of handlers.
+
+``@service.on(Event)`` handles an event published to everyone (choreography);
+``@service.responds(Request)`` answers a request with a reply event (request-response).
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,14 @@ __all__ = ["Handler", "Service"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
-HandlerFunc = Callable[..., Awaitable[None]]
+HandlerFunc = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFunc)
 
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """One registered handler: which event, which function, whether it takes a context."""
+    """One registered handler (or responder): which event, which function, whether it takes
+    a context."""
 
     event_type: type[Event]
     event_name: str
@@ -66,14 +71,56 @@ class Service:
         self.concurrency = concurrency
         self.retry = retry
         self._handlers: dict[str, Handler] = {}
+        self._responders: dict[str, Handler] = {}
 
     def __repr__(self) -> str:
-        return f"Service({self.name!r}, events={list(self._handlers)})"
+        return (
+            f"Service({self.name!r}, events={list(self._handlers)}, "
+            f"requests={list(self._responders)})"
+        )
 
     @property
     def handlers(self) -> Mapping[str, Handler]:
-        """Handlers by event name, in the order they were registered."""
+        """Event handlers by event name, in the order they were registered."""
         return self._handlers
+
+    @property
+    def responders(self) -> Mapping[str, Handler]:
+        """Request responders by request name, in the order they were registered."""
+        return self._responders
+
+    def responds(self, request_type: type[Event]) -> Callable[[F], F]:
+        """Register the decorated async function as the responder to ``request_type``.
+
+        It returns the reply, an instance of an ``Event`` subclass; an exception it raises
+        reaches the requester as ``choreo.RemoteError``.
+        """
+        event_name_of(request_type)
+
+        def register(func: F) -> F:
+            self.add_responder(request_type, func)
+            return func
+
+        return register
+
+    def add_responder(self, request_type: type[Event], func: HandlerFunc) -> Handler:
+        """Register ``func`` as the responder to ``request_type`` (what ``@responds`` does)."""
+        name = event_name_of(request_type)
+        if name in self._responders:
+            raise ConfigurationError(
+                f"service {self.name!r} already responds to {name!r} "
+                f"with {self._responders[name].qualname}; one responder per request and service"
+            )
+        takes_context = _takes_context(func, request_type)
+        returns = _hints(func).get("return")
+        if isinstance(returns, type) and not issubclass(returns, Event):
+            raise ConfigurationError(
+                f"responder {func.__qualname__!r} for {request_type.__name__} must return an "
+                f"Event, not {returns.__name__}"
+            )
+        handler = Handler(request_type, name, func, takes_context, None)
+        self._responders[name] = handler
+        return handler
 
     def on(self, event_type: type[Event], *, retry: Retry | None = None) -> Callable[[F], F]:
         """Register the decorated async function as the handler of ``event_type``."""
@@ -122,10 +169,7 @@ def _takes_context(func: Any, event_type: type[Event]) -> bool:
         raise ConfigurationError(
             f"{where} must take (event) or (event, ctx), not {len(positional)} parameters"
         )
-    try:  # resolves string annotations (from __future__ import annotations)
-        hints = typing.get_type_hints(func)
-    except Exception:  # names the module cannot resolve: nothing to check against
-        hints = {}
+    hints = _hints(func)
     expected = hints.get(positional[0].name)
     if isinstance(expected, type) and not issubclass(event_type, expected):
         raise ConfigurationError(
@@ -139,3 +183,11 @@ def _takes_context(func: Any, event_type: type[Event]) -> bool:
                 f"{where}: its second parameter must be a choreo.Context, not {ctx_type.__name__}"
             )
     return len(positional) == 2
+
+
+def _hints(func: Any) -> dict[str, Any]:
+    """Resolved annotations (also with ``from __future__ import annotations``), or ``{}``."""
+    try:
+        return typing.get_type_hints(func)
+    except Exception:  # names the module cannot resolve: nothing to check against
+        return {}

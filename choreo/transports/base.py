@@ -1,8 +1,9 @@
 """The one small interface every transport implements.
 
-A transport knows nothing of events, services or handlers. It declares durable fanout
-exchanges and durable queues, publishes a :class:`Message` and returns once the broker has
-confirmed it, and hands each incoming :class:`Delivery` to a callback. Everything else
+A transport knows nothing of events, services or handlers. It declares durable exchanges
+(fanout for events, direct for requests) and durable queues, publishes a :class:`Message`
+and returns once the broker has confirmed it, hands each incoming :class:`Delivery` to a
+callback, and sends a request and waits for the reply that names it. Everything else
 (encoding, dispatch, retries, dead letters) lives above it and is shared by all transports.
 """
 
@@ -13,7 +14,19 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Consumer", "Delivery", "Message", "OnMessage", "QueueSpec", "Transport"]
+__all__ = [
+    "DIRECT",
+    "FANOUT",
+    "Consumer",
+    "Delivery",
+    "Message",
+    "OnMessage",
+    "QueueSpec",
+    "Transport",
+]
+
+FANOUT = "fanout"
+DIRECT = "direct"
 
 
 @dataclass(slots=True)
@@ -27,14 +40,18 @@ class Message:
     content_type: str | None = None
     timestamp: int | None = None  # seconds since the epoch, as AMQP carries it
     headers: dict[str, Any] = field(default_factory=dict)
+    reply_to: str | None = None
+    expiration: float | None = None  # seconds the broker keeps it before dropping it
+    persistent: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
-    """A durable queue and the exchanges it is bound to."""
+    """A durable queue and its bindings: (exchange, routing key) pairs (the key is ignored
+    by fanout exchanges)."""
 
     name: str
-    bindings: tuple[str, ...] = ()
+    bindings: tuple[tuple[str, str], ...] = ()
     arguments: tuple[tuple[str, Any], ...] = ()
 
 
@@ -85,17 +102,39 @@ class Transport(abc.ABC):
         """Close the connection and everything opened on it."""
 
     @abc.abstractmethod
-    async def declare_exchange(self, name: str) -> None:
-        """Declare a durable fanout exchange (idempotent)."""
+    async def declare_exchange(self, name: str, kind: str = FANOUT) -> None:
+        """Declare a durable exchange, ``FANOUT`` or ``DIRECT`` (idempotent)."""
 
     @abc.abstractmethod
     async def declare_queue(self, spec: QueueSpec) -> None:
         """Declare a durable queue and bind it to its exchanges (idempotent)."""
 
     @abc.abstractmethod
-    async def publish(self, message: Message, exchange: str, routing_key: str = "") -> None:
-        """Publish persistently; return once the broker confirmed, else raise ``PublishError``."""
+    async def publish(
+        self, message: Message, exchange: str, routing_key: str = "", *, mandatory: bool = False
+    ) -> None:
+        """Publish; return once the broker confirmed, else raise ``PublishError``.
+
+        ``mandatory``: raise ``Unroutable`` when no queue is bound for the message. The
+        default exchange (``""``) routes to the queue, or the reply address, named by the key.
+        """
 
     @abc.abstractmethod
     async def consume(self, queue: str, on_message: OnMessage, prefetch: int) -> Consumer:
         """Deliver messages of ``queue`` to ``on_message``, at most ``prefetch`` unsettled."""
+
+    @abc.abstractmethod
+    async def request(
+        self, message: Message, exchange: str, routing_key: str, timeout: float
+    ) -> Message:
+        """Publish ``message`` with a reply address, mandatory and expiring after ``timeout``;
+        return the reply whose ``correlation_id`` is the request's ``message_id``.
+
+        Raises ``NoResponder`` when no queue is bound for it and ``RequestTimeout`` when
+        no reply came in time. Many requests may be in flight at once.
+        """
+
+    @property
+    @abc.abstractmethod
+    def pending_requests(self) -> int:
+        """Requests waiting for their reply (for tests and health checks)."""

@@ -1,11 +1,14 @@
 """In-memory transport (``memory://`` or ``memory://NAME``), with RabbitMQ's semantics.
 
 Brokers live for the whole process, one per name, so a queue keeps its messages while no
-service consumes it, exactly like a durable queue on RabbitMQ. Each exchange is a fanout:
-a message is copied into every bound queue, and dropped when none is bound. A consumer
-gets at most ``prefetch`` unsettled messages; when it is closed, its unsettled messages
-go back to the head of the queue, flagged as redelivered. Publishing to an exchange that
-was never declared fails, as it does on RabbitMQ.
+service consumes it, exactly like a durable queue on RabbitMQ. A fanout exchange copies a
+message into every bound queue, a direct exchange into the queues bound with its routing
+key; a message no queue takes is dropped, or refused when it is mandatory. A consumer
+gets at most ``prefetch`` unsettled messages; when it is closed, its unsettled messages go
+back to the head of the queue, flagged as redelivered. A message whose expiration has
+passed is dropped instead of delivered. Replies go to a per-connection reply address, as
+with RabbitMQ's direct reply-to. Publishing to an exchange that was never declared fails,
+as it does on RabbitMQ.
 """
 
 from __future__ import annotations
@@ -13,14 +16,36 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
+import uuid
 from collections import deque
+from collections.abc import Callable
 
-from ..errors import ConfigurationError, PublishError
-from .base import Consumer, Delivery, Message, OnMessage, QueueSpec, Transport
+from ..errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    NoResponder,
+    PublishError,
+    RequestTimeout,
+    Unroutable,
+)
+from .base import (
+    DIRECT,
+    FANOUT,
+    Consumer,
+    Delivery,
+    Message,
+    OnMessage,
+    QueueSpec,
+    Transport,
+)
 
 __all__ = ["MemoryBroker", "MemoryTransport", "broker", "reset"]
 
 _brokers: dict[str, MemoryBroker] = {}
+
+# message, exchange, routing key, redelivered, deadline (monotonic seconds or None)
+_Item = tuple[Message, str, str, bool, float | None]
 
 
 def broker(name: str = "") -> MemoryBroker:
@@ -41,11 +66,11 @@ class _Queue:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.messages: deque[tuple[Message, str, str, bool]] = deque()
+        self.messages: deque[_Item] = deque()
         self.consumers: list[_MemoryConsumer] = []
         self._turn = itertools.count()
 
-    def put(self, item: tuple[Message, str, str, bool], *, front: bool = False) -> None:
+    def put(self, item: _Item, *, front: bool = False) -> None:
         if front:
             self.messages.appendleft(item)
         else:
@@ -58,38 +83,64 @@ class _Queue:
             ready = [c for c in self.consumers if len(c.unsettled) < c.prefetch]
             if not ready:
                 return
-            consumer = ready[next(self._turn) % len(ready)]
-            consumer.deliver(*self.messages.popleft())
+            item = self.messages.popleft()
+            deadline = item[4]
+            if deadline is not None and deadline < time.monotonic():
+                continue  # expired while waiting: RabbitMQ drops it at the head of the queue
+            ready[next(self._turn) % len(ready)].deliver(item)
+
+
+@dataclasses.dataclass(slots=True)
+class _Exchange:
+    kind: str
+    bindings: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (queue, key)
 
 
 class MemoryBroker:
-    """Exchanges, bindings and queues of one in-memory broker."""
+    """Exchanges, bindings, queues and reply addresses of one in-memory broker."""
 
     def __init__(self) -> None:
-        self.exchanges: dict[str, set[str]] = {}
+        self.exchanges: dict[str, _Exchange] = {}
         self.queues: dict[str, _Queue] = {}
+        self.reply_addresses: dict[str, Callable[[Message], None]] = {}
 
-    def declare_exchange(self, name: str) -> None:
-        self.exchanges.setdefault(name, set())
+    def declare_exchange(self, name: str, kind: str) -> None:
+        found = self.exchanges.get(name)
+        if found is None:
+            self.exchanges[name] = _Exchange(kind)
+        elif found.kind != kind:
+            raise ConfigurationError(f"exchange {name!r} exists with other settings ({found.kind})")
 
     def declare_queue(self, spec: QueueSpec) -> None:
         if spec.name not in self.queues:
             self.queues[spec.name] = _Queue(spec.name)
-        for exchange in spec.bindings:
+        for exchange, key in spec.bindings:
             if exchange not in self.exchanges:
                 raise ConfigurationError(f"cannot bind {spec.name!r}: no exchange {exchange!r}")
-            self.exchanges[exchange].add(spec.name)
+            self.exchanges[exchange].bindings.add((spec.name, key))
 
-    def publish(self, message: Message, exchange: str, routing_key: str) -> None:
-        if exchange == "":  # the default exchange routes to the queue named by the key
+    def publish(self, message: Message, exchange: str, routing_key: str, mandatory: bool) -> None:
+        if exchange == "":  # the default exchange: a queue, or a reply address, by name
+            reply = self.reply_addresses.get(routing_key)
+            if reply is not None:
+                reply(message)
+                return
             targets = [routing_key] if routing_key in self.queues else []
         elif exchange in self.exchanges:
-            targets = sorted(self.exchanges[exchange])
+            found = self.exchanges[exchange]
+            targets = sorted(
+                queue
+                for queue, key in found.bindings
+                if found.kind == FANOUT or (found.kind == DIRECT and key == routing_key)
+            )
         else:
             raise PublishError(f"no exchange {exchange!r} on the in-memory broker")
+        if not targets and mandatory:
+            raise Unroutable(f"no queue is bound for {routing_key or exchange!r}")
+        deadline = None if message.expiration is None else time.monotonic() + message.expiration
         for name in targets:
             copy = dataclasses.replace(message, headers=dict(message.headers))
-            self.queues[name].put((copy, exchange, routing_key, False))
+            self.queues[name].put((copy, exchange, routing_key, False, deadline))
 
     def depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not counting those handed to a consumer)."""
@@ -103,8 +154,8 @@ class MemoryBroker:
 class _MemoryDelivery(Delivery):
     __slots__ = ("_consumer", "_key")
 
-    def __init__(self, consumer: _MemoryConsumer, key: int, item: tuple[Message, str, str, bool]):
-        super().__init__(*item)
+    def __init__(self, consumer: _MemoryConsumer, key: int, item: _Item) -> None:
+        super().__init__(item[0], item[1], item[2], item[3])
         self._consumer = consumer
         self._key = key
 
@@ -120,13 +171,12 @@ class _MemoryConsumer(Consumer):
         self.queue = queue
         self.on_message = on_message
         self.prefetch = prefetch
-        self.unsettled: dict[int, tuple[Message, str, str, bool]] = {}
+        self.unsettled: dict[int, _Item] = {}
         self._keys = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def deliver(self, message: Message, exchange: str, routing_key: str, redelivered: bool) -> None:
+    def deliver(self, item: _Item) -> None:
         key = next(self._keys)
-        item = (message, exchange, routing_key, redelivered)
         self.unsettled[key] = item
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self.on_message(_MemoryDelivery(self, key, item))
@@ -139,8 +189,8 @@ class _MemoryConsumer(Consumer):
         if item is None:  # already settled, or given back when the consumer closed
             return
         if requeue:
-            message, exchange, routing_key, _ = item
-            self.queue.put((message, exchange, routing_key, True), front=True)
+            message, exchange, routing_key, _, deadline = item
+            self.queue.put((message, exchange, routing_key, True, deadline), front=True)
         else:
             self.queue.dispatch()
 
@@ -165,6 +215,8 @@ class MemoryTransport(Transport):
         self.name = name
         self._broker: MemoryBroker | None = None
         self._consumers: list[_MemoryConsumer] = []
+        self._reply_address = f"memory.reply-to.{uuid.uuid4().hex}"
+        self._pending: dict[str, asyncio.Future[Message]] = {}
 
     @property
     def broker(self) -> MemoryBroker:
@@ -172,23 +224,61 @@ class MemoryTransport(Transport):
             raise PublishError("the in-memory transport is not connected")
         return self._broker
 
+    @property
+    def pending_requests(self) -> int:
+        return len(self._pending)
+
     async def connect(self) -> None:
         self._broker = broker(self.name)
+        self._broker.reply_addresses[self._reply_address] = self._on_reply
 
     async def close(self) -> None:
         for consumer in self._consumers:
             await consumer.close()
         self._consumers.clear()
+        if self._broker is not None:
+            self._broker.reply_addresses.pop(self._reply_address, None)
         self._broker = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionFailed("the bus was closed"))
 
-    async def declare_exchange(self, name: str) -> None:
-        self.broker.declare_exchange(name)
+    async def declare_exchange(self, name: str, kind: str = FANOUT) -> None:
+        self.broker.declare_exchange(name, kind)
 
     async def declare_queue(self, spec: QueueSpec) -> None:
         self.broker.declare_queue(spec)
 
-    async def publish(self, message: Message, exchange: str, routing_key: str = "") -> None:
-        self.broker.publish(message, exchange, routing_key)
+    async def publish(
+        self, message: Message, exchange: str, routing_key: str = "", *, mandatory: bool = False
+    ) -> None:
+        self.broker.publish(message, exchange, routing_key, mandatory)
+
+    async def request(
+        self, message: Message, exchange: str, routing_key: str, timeout: float
+    ) -> Message:
+        key = message.message_id or ""
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        outgoing = dataclasses.replace(
+            message, reply_to=self._reply_address, expiration=timeout, persistent=False
+        )
+        try:
+            try:
+                self.broker.publish(outgoing, exchange, routing_key, True)
+            except Unroutable as exc:
+                raise NoResponder(str(exc)) from exc
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise RequestTimeout(f"no reply within {timeout}s") from None
+        finally:
+            self._pending.pop(key, None)
+
+    def _on_reply(self, message: Message) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(message)
 
     async def consume(self, queue: str, on_message: OnMessage, prefetch: int) -> Consumer:
         found = self.broker.queues.get(queue)
