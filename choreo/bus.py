@@ -266,12 +266,30 @@ class Bus:
 
     async def start(self, *services: Service) -> None:
         """Declare the services' exchanges and queues, then consume; return once consuming."""
+        for service in services:
+            if isinstance(service, Service) and service.name in self._running:
+                raise ConfigurationError(f"service {service.name!r} is started twice")
+        await self.declare(*services)
+        for service in services:
+            self._running[service.name] = []
+            try:
+                await self._start_one(service)
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def declare(self, *services: Service) -> topology.Topology:
+        """Declare every exchange, queue and binding the services need, without consuming.
+
+        The deploy step: run it before anything publishes, so no event is dropped for
+        want of a queue. Idempotent.
+        """
         self._check_connected()
         names = [s.name for s in services]
         for service in services:
             if not isinstance(service, Service):
-                raise ConfigurationError(f"bus.start() takes Service objects, got {service!r}")
-            if names.count(service.name) > 1 or service.name in self._running:
+                raise ConfigurationError(f"expected Service objects, got {service!r}")
+            if names.count(service.name) > 1:
                 raise ConfigurationError(f"service {service.name!r} is started twice")
             if not service.handlers and not service.responders:
                 raise ConfigurationError(f"service {service.name!r} has no handlers")
@@ -286,13 +304,7 @@ class Bus:
             ", ".join(name for name, _ in plan.exchanges),
             ", ".join(q.name for q in plan.queues),
         )
-        for service in services:
-            self._running[service.name] = []
-            try:
-                await self._start_one(service)
-            except BaseException:
-                await self.stop()
-                raise
+        return plan
 
     async def _start_one(self, service: Service) -> None:
         prefetch = service.prefetch or self.prefetch

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Annotated, NoReturn
 
 import typer
@@ -70,6 +72,21 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """choreo's errors as one line on stderr: exit 2 for configuration, 1 otherwise."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        if debug:
+            raise
+        _fail(str(exc), 2)
+    except ChoreoError as exc:
+        if debug:
+            raise
+        _fail(str(exc), 1)
+
+
 def _setup_logging(level: str) -> int:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -111,17 +128,9 @@ def run(
     A service's own Service(prefetch=..., concurrency=...) takes precedence over the options.
     """
     debug = debug or _setup_logging(log_level) <= logging.DEBUG
-    try:
+    with _errors(debug):
         services = [load_service(target) for target in targets]
         asyncio.run(_run(services, broker, namespace, prefetch, concurrency, shutdown_timeout))
-    except ConfigurationError as exc:
-        if debug:
-            raise
-        _fail(str(exc), 2)
-    except ChoreoError as exc:
-        if debug:
-            raise
-        _fail(str(exc), 1)
 
 
 async def _run(
@@ -144,6 +153,46 @@ async def _run(
     async with bus:
         log.info("connected to %s (namespace %r)", config.redact(bus.url), bus.namespace)
         await bus.run(*services)
+
+
+@app.command()
+def topology(
+    targets: Annotated[list[str], typer.Argument(help="Services, as MODULE:ATTRIBUTE.")],
+    broker: BrokerOption = None,
+    namespace: NamespaceOption = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Declare it all on the broker, then exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Print the exchanges, queues and bindings the services need; --apply declares them.
+
+    Example: choreo topology services.inventory:service services.catalog:service --apply
+
+    Run it as a deploy step before anything publishes, so that no event is dropped for
+    want of a queue. Declaring is idempotent.
+    """
+    from . import topology as plans
+
+    with _errors(debug):
+        services = [load_service(target) for target in targets]
+        plan = plans.plan(services, config.namespace(namespace))
+        typer.echo("exchanges")
+        for name, kind in plan.exchanges:
+            typer.echo(f"  {name}  ({kind}, durable)")
+        typer.echo("queues (durable) and bindings")
+        for queue in plan.queues:
+            typer.echo(f"  {queue.name}")
+            for exchange, key in queue.bindings:
+                typer.echo(f"    <- {exchange}" + (f"  key={key}" if key else ""))
+        if apply:
+
+            async def declare() -> None:
+                async with connect(broker, namespace=namespace) as bus:
+                    await bus.declare(*services)
+
+            asyncio.run(declare())
+            typer.echo(f"declared on {config.redact(config.broker_url(broker))}")
 
 
 def main() -> None:
