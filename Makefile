@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BROKER ?= memory://
+COMPOSE ?= docker compose
 
-.PHONY: test lint typecheck pytest demo bench clean
+.PHONY: test lint typecheck pytest demo up down bench clean
 
 test: lint typecheck pytest
 
@@ -17,8 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check choreo tests
-	$(BIN)/ruff format --check choreo tests
+	$(BIN)/ruff check choreo services tests
+	$(BIN)/ruff format --check choreo services tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict choreo
@@ -27,7 +28,14 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	@echo "The SKU demo stack lands with issue #4 (services/ and make demo)." >&2; exit 1
+	$(BIN)/python -m services.demo --fresh --broker '$(BROKER)'
+
+up:
+	$(COMPOSE) up --build -d
+	@echo "follow the choreography: $(COMPOSE) logs -f inventory catalog wishlist"
+
+down:
+	$(COMPOSE) down -v
 
 bench: $(STAMP)
 	@echo "Benchmarks land with issue #6 (bench/)." >&2; exit 1

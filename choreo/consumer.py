@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
-    retry_if_not_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
@@ -214,7 +214,7 @@ class ServiceConsumer(QueueWorker):
             except give_up:
                 raise
             except Exception:
-                if retry.attempts == 1:
+                if retry.attempts == 1 or self.stopping:
                     raise
                 await self._retry_in_process(handler, event, ctx, retry, give_up)
         except Reject as exc:
@@ -222,6 +222,15 @@ class ServiceConsumer(QueueWorker):
                 delivery, "Reject", exc.reason, ctx.attempt, handler.event_name, ""
             )
         except Exception as exc:
+            if self.stopping and ctx.attempt < retry.attempts and not isinstance(exc, give_up):
+                # shutting down with attempts left: another process, or the next start, retries
+                log.info(
+                    "%s: %s failed during shutdown; back to the queue for a retry",
+                    self.service.name,
+                    handler.event_name,
+                )
+                await delivery.reject(requeue=True)
+                return
             await self._dead_letter(
                 delivery,
                 _qualname(type(exc)),
@@ -267,7 +276,9 @@ class ServiceConsumer(QueueWorker):
                 exp_base=retry.multiplier,
                 max=retry.max_delay,
             ),
-            retry=retry_if_not_exception_type(give_up),
+            retry=retry_if_exception(
+                lambda exc: not isinstance(exc, give_up) and not self.stopping
+            ),
             reraise=True,
         )
         async for try_ in retrying:

@@ -13,14 +13,16 @@ def data_dir() -> Path:
 
 
 def open_db(service: str, schema: str, seed: str = "") -> sqlite3.Connection:
-    """Open ``<data dir>/<service>.db``; create its tables, and seed them on first start."""
+    """Open ``<data dir>/<service>.db``, create its tables and add its seed rows.
+
+    Seeds are ``INSERT OR IGNORE``: the first start adds them, later starts change nothing.
+    """
     path = data_dir() / f"{service}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
-    first_start = not path.exists()
     db = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN ... COMMIT below
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA busy_timeout=5000")
     db.executescript(schema)
-    if first_start and seed:
+    if seed:
         db.executescript(f"BEGIN; {seed}; COMMIT;")
     return db

@@ -348,6 +348,25 @@ class TestDeadLetters:
         assert by_type["ValueError"]["x-choreo-attempts"] == 1
         assert sorted(calls.items) == ["reject", "value"]
 
+    async def test_failure_during_shutdown_goes_back_to_the_queue(self, make_bus: Buses) -> None:
+        """Stopping with attempts left: the message is requeued, not dead-lettered."""
+        attempts = Recorder()
+        service = Service("catalog")
+
+        @service.on(SkuProcessed, retry=Retry(attempts=3, delay=0.3))
+        async def broken(event: SkuProcessed, ctx: Context) -> None:
+            attempts.add(ctx.attempt)
+            raise RuntimeError("dependency is shutting down")
+
+        bus = await make_bus()
+        await bus.start(service)
+        await bus.publish(SkuProcessed(sku="A1"))
+        await attempts.wait_for(1)
+        await bus.stop(timeout=10)
+        assert len(attempts.items) < 3
+        assert await ready_count(bus, f"{bus.namespace}.catalog.dlq") == 0
+        assert await ready_count(bus, f"{bus.namespace}.catalog") == 1
+
     async def test_one_failing_service_does_not_disturb_the_others(self, make_bus: Buses) -> None:
         """catalog fails and dead-letters; wishlist still gets every event exactly once."""
         wishlist_seen = Recorder()

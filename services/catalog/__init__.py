@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS products (
     available INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0);
 """
 SEED = """
-INSERT INTO products (sku, name) VALUES
+INSERT OR IGNORE INTO products (sku, name) VALUES
     ('SKU-1', 'Espresso machine'), ('SKU-2', 'Burr grinder'), ('SKU-3', 'Milk jug'),
     ('SKU-4', 'Tamper'), ('SKU-5', 'Scale'), ('SKU-6', 'Knock box')
 """

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS availability (
     sku TEXT PRIMARY KEY, available INTEGER NOT NULL, version INTEGER NOT NULL);
 """
 SEED = """
-INSERT INTO reservations VALUES ('SKU-3', 2), ('SKU-5', 1)
+INSERT OR IGNORE INTO reservations VALUES ('SKU-3', 2), ('SKU-5', 1)
 """
 
 

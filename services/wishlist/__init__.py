@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS notifications (user TEXT NOT NULL, email TEXT NOT NUL
     UNIQUE (user, sku, version));
 """
 SEED = """
-INSERT INTO wishes VALUES
+INSERT OR IGNORE INTO wishes VALUES
     ('alice', 'alice@example.com', 'SKU-2'), ('alice', 'alice@example.com', 'SKU-4'),
     ('bob', 'bob@example.com', 'SKU-2'), ('carol', 'carol@example.com', 'SKU-3'),
     ('carol', 'carol@example.com', 'SKU-5')
