@@ -31,6 +31,7 @@ from .errors import (
     NoResponder,
     RemoteError,
     RequestTimeout,
+    Unroutable,
 )
 from .events import Event, encode, event_name_of
 from .responder import ERROR_TYPE, Responder
@@ -45,6 +46,7 @@ log = logging.getLogger("choreo")
 DEFAULT_PREFETCH = 64
 DEFAULT_CONCURRENCY = 32
 DEFAULT_REQUEST_TIMEOUT = 5.0
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
 R = TypeVar("R", bound=Event)
 
@@ -57,6 +59,10 @@ def connect(
     concurrency: int = DEFAULT_CONCURRENCY,
     retry: Retry = DEFAULT_RETRY,
     shutdown_timeout: float = 30.0,
+    queue_type: str = "classic",
+    on_unroutable: str = "warn",
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    publish_timeout: float = 30.0,
     connection_name: str | None = None,
 ) -> Bus:
     """A bus for the broker at ``url``: ``amqp://...``, ``amqps://...`` or ``memory://[NAME]``.
@@ -64,20 +70,31 @@ def connect(
     ``url=None`` reads ``CHOREO_BROKER_URL`` (default ``amqp://guest:guest@localhost:5672/``);
     ``namespace=None`` reads ``CHOREO_NAMESPACE``. Use it as ``async with connect() as bus``
     or ``bus = await connect()``; nothing touches the network before that.
+
+    Several comma-separated ``amqp://`` URLs name the nodes of a cluster: each reconnect
+    tries the next one. ``prefetch``, ``concurrency``, ``retry`` and ``queue_type``
+    (``"classic"`` or ``"quorum"``) are defaults for services that do not set their own.
+    ``on_unroutable``: ``"warn"`` logs, ``"raise"`` raises ``Unroutable`` when an event is
+    published to an exchange no queue is bound to. A consumed body over
+    ``max_message_size`` bytes is dead-lettered. ``publish_timeout``: how long a publish may
+    wait for its confirm, reconnections included, before ``PublishError``.
     """
     url = config.broker_url(url)
     return Bus(
-        _transport_for(url, connection_name or f"choreo pid={os.getpid()}"),
+        _transport_for(url, connection_name or f"choreo pid={os.getpid()}", publish_timeout),
         url=url,
         namespace=config.namespace(namespace),
         prefetch=prefetch,
         concurrency=concurrency,
         retry=retry,
         shutdown_timeout=shutdown_timeout,
+        queue_type=queue_type,
+        on_unroutable=on_unroutable,
+        max_message_size=max_message_size,
     )
 
 
-def _transport_for(url: str, connection_name: str) -> Transport:
+def _transport_for(url: str, connection_name: str, publish_timeout: float) -> Transport:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -92,7 +109,9 @@ def _transport_for(url: str, connection_name: str) -> Transport:
             raise ConfigurationError(f"invalid broker URL {config.redact(url)}: no host")
         from .transports.rabbitmq import RabbitMQTransport
 
-        return RabbitMQTransport(url, connection_name=connection_name)
+        return RabbitMQTransport(
+            url, connection_name=connection_name, publish_timeout=publish_timeout
+        )
     raise ConfigurationError(
         f"unsupported broker URL {config.redact(url)!r}: use amqp://, amqps:// or memory://"
     )
@@ -119,10 +138,23 @@ class Bus:
         concurrency: int = DEFAULT_CONCURRENCY,
         retry: Retry = DEFAULT_RETRY,
         shutdown_timeout: float = 30.0,
+        queue_type: str = "classic",
+        on_unroutable: str = "warn",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
-        for option, value in (("prefetch", prefetch), ("concurrency", concurrency)):
+        for option, value in (
+            ("prefetch", prefetch),
+            ("concurrency", concurrency),
+            ("max_message_size", max_message_size),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"connect(): {option} must be a positive int")
+        if queue_type not in topology.QUEUE_TYPES:
+            raise ConfigurationError(f"connect(): queue_type must be one of {topology.QUEUE_TYPES}")
+        if on_unroutable not in ("warn", "raise"):
+            raise ConfigurationError("connect(): on_unroutable must be 'warn' or 'raise'")
+        if not isinstance(retry, Retry):
+            raise ConfigurationError("connect(): retry must be a choreo.Retry")
         self.transport = transport
         self.url = url
         self.namespace = namespace
@@ -130,6 +162,9 @@ class Bus:
         self.concurrency = concurrency
         self.retry = retry
         self.shutdown_timeout = shutdown_timeout
+        self.queue_type = queue_type
+        self.on_unroutable = on_unroutable
+        self.max_message_size = max_message_size
         self.declared_exchanges: set[str] = set()
         self.declared_queues: set[str] = set()
         self._exchanges_ready: dict[str, asyncio.Future[None]] = {}
@@ -192,7 +227,20 @@ class Bus:
         exchange = topology.exchange_name(self.namespace, type(event).__event_name__)
         if exchange not in self.declared_exchanges:
             await self._ensure_exchange(exchange, FANOUT)
-        await self.transport.publish(message, exchange)
+        try:
+            await self.transport.publish(message, exchange, mandatory=True)
+        except Unroutable:
+            if self.on_unroutable == "raise":
+                raise Unroutable(
+                    f"no queue is bound to {exchange!r}: nobody consumes {message.type!r} yet "
+                    "(start the consumers, or run `choreo topology --apply`, first)"
+                ) from None
+            log.warning(
+                "event %r was published to %r, which no queue is bound to: it was dropped. "
+                "Start the consumers (or run `choreo topology --apply`) before publishing.",
+                message.type,
+                exchange,
+            )
         return message.message_id  # type: ignore[return-value]  # encode always sets it
 
     async def request(
@@ -293,7 +341,7 @@ class Bus:
                 raise ConfigurationError(f"service {service.name!r} is started twice")
             if not service.handlers and not service.responders:
                 raise ConfigurationError(f"service {service.name!r} has no handlers")
-        plan = topology.plan(services, self.namespace)
+        plan = topology.plan(services, self.namespace, retry=self.retry, queue_type=self.queue_type)
         for exchange, kind in plan.exchanges:
             await self._ensure_exchange(exchange, kind)
         for queue in plan.queues:
@@ -325,6 +373,7 @@ class Bus:
                     exchanges=exchanges,
                     concurrency=concurrency,
                     retry=service.retry or self.retry,
+                    queue_type=service.queue_type or self.queue_type,
                 )
             )
         if service.responders:

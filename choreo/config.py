@@ -23,7 +23,9 @@ def namespace(value: str | None = None) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, safe to log or print."""
+    """``url`` (or a comma-separated list) with passwords replaced by ``***``, safe to log."""
+    if "," in url:
+        return ",".join(redact(part) for part in url.split(","))
     try:
         parts = urlsplit(url)
         password = parts.password

@@ -3,30 +3,29 @@
 A message is dispatched by its ``type`` property; one without ``type`` (a plain JSON publish
 from a service that does not use choreo) by the exchange it came through. Input that can
 never succeed (unknown event, wrong content type, invalid JSON, a payload that fails
-validation) is dead-lettered at once with the reason. A handler that raises is retried in
-process following its ``Retry`` policy, then dead-lettered. The message is acknowledged only
-after the handler returned, or after its dead-letter copy was confirmed by the broker.
+validation, a body over the size limit) is dead-lettered at once with the reason. A handler
+that raises is retried following its ``Retry`` policy (short waits here, long ones through
+the service's retry queues, see ``retry.py``), then dead-lettered. The message is
+acknowledged only after the handler returned, or after its retry or dead-letter copy was
+confirmed by the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from . import topology
 from .context import Context
-from .deadletter import dead_letter, format_traceback
+from .deadletter import EVENT_HEADER, dead_letter, format_traceback
 from .errors import ChoreoError, Reject
 from .events import CONTENT_TYPE, Event
-from .retry import Retry
+from .retry import ATTEMPT_HEADER, Retry
 from .service import Handler, Service
 from .transports.base import Delivery
 
@@ -176,6 +175,10 @@ class QueueWorker:
         )
 
 
+class _RetryLater(Exception):
+    """The handler failed and its next attempt waits too long to wait in the process."""
+
+
 class ServiceConsumer(QueueWorker):
     """Consumes the event queue of one service: dispatch, retries, dead letters."""
 
@@ -189,34 +192,36 @@ class ServiceConsumer(QueueWorker):
         exchanges: dict[str, Handler],
         concurrency: int,
         retry: Retry,
+        queue_type: str,
     ) -> None:
         super().__init__(bus, service, queue=queue, dlq=dlq, concurrency=concurrency)
         self._by_name = dict(service.handlers)
         self._by_exchange = exchanges
         self._retry = retry
+        self._queue_type = queue_type
+        self._retry_queues: set[str] = set()
 
     async def _process(self, delivery: Delivery) -> None:
         message = delivery.message
         handler = None
         try:
             handler = self._handler_for(delivery)
+            self._check_size(delivery)
             event = self._decode(handler, delivery)
         except Poison as poison:
             event_name = handler.event_name if handler else message.type
             await self._dead_letter(delivery, poison.kind, str(poison), 0, event_name, "")
             return
         ctx = self._context(handler, delivery)
+        attempt = message.headers.get(ATTEMPT_HEADER)
+        if isinstance(attempt, int) and attempt > 1:
+            ctx.attempt = attempt
         retry = handler.retry or self._retry
         give_up: tuple[type[BaseException], ...] = (Reject, *retry.give_up_on)
         try:
-            try:
-                await self._call(handler, event, ctx)
-            except give_up:
-                raise
-            except Exception:
-                if retry.attempts == 1 or self.stopping:
-                    raise
-                await self._retry_in_process(handler, event, ctx, retry, give_up)
+            await self._run(handler, event, ctx, retry, give_up)
+        except _RetryLater as later:
+            await self._retry_through_broker(delivery, handler, ctx.attempt + 1, retry, later)
         except Reject as exc:
             await self._dead_letter(
                 delivery, "Reject", exc.reason, ctx.attempt, handler.event_name, ""
@@ -244,15 +249,24 @@ class ServiceConsumer(QueueWorker):
 
     def _handler_for(self, delivery: Delivery) -> Handler:
         kind = delivery.message.type
-        handler = self._by_name.get(kind) if kind else self._by_exchange.get(delivery.exchange)
+        if kind:
+            handler = self._by_name.get(kind)
+        elif delivery.exchange:
+            handler = self._by_exchange.get(delivery.exchange)
+        else:  # back from a retry queue or a DLQ replay: the event it was handled as
+            handler = self._by_name.get(str(delivery.message.headers.get(EVENT_HEADER, "")))
         if handler is None:
-            what = (
-                f"event type {kind!r}" if kind else f"messages from exchange {delivery.exchange!r}"
-            )
+            what = f"event type {kind!r}" if kind else f"messages from {delivery.exchange!r}"
             raise Poison("UnknownEvent", f"service {self.service.name!r} has no handler for {what}")
         return handler
 
-    async def _retry_in_process(
+    def _check_size(self, delivery: Delivery) -> None:
+        limit = self.bus.max_message_size
+        size = len(delivery.message.body)
+        if size > limit:
+            raise Poison("MessageTooLarge", f"body of {size} bytes is over the {limit}-byte limit")
+
+    async def _run(
         self,
         handler: Handler,
         event: Event,
@@ -260,31 +274,86 @@ class ServiceConsumer(QueueWorker):
         retry: Retry,
         give_up: tuple[type[BaseException], ...],
     ) -> None:
-        """Attempts 2..n after the first failed; ``ctx.attempt`` tells which one ran last."""
-        log.warning(
-            "%s: %s failed on attempt 1/%d, retrying",
-            self.service.name,
-            handler.event_name,
-            retry.attempts,
-            exc_info=log.isEnabledFor(logging.DEBUG),
-        )
-        await asyncio.sleep(retry.wait_before(2))
+        """Attempt ``ctx.attempt``, then the following ones whose wait is short enough to
+        happen here; raise ``_RetryLater`` when the next wait belongs to the broker."""
+        try:
+            await self._call(handler, event, ctx)
+            return
+        except give_up:
+            raise
+        except Exception as exc:
+            if ctx.attempt >= retry.attempts or self.stopping:
+                raise
+            if not retry.in_process(ctx.attempt + 1):
+                raise _RetryLater() from exc
+            log.warning(
+                "%s: %s failed on attempt %d/%d, retrying: %s",
+                self.service.name,
+                handler.event_name,
+                ctx.attempt,
+                retry.attempts,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+        first = ctx.attempt + 1
+        last = first
+        while last < retry.attempts and retry.in_process(last + 1):
+            last += 1
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(retry.attempts - 1),
-            wait=wait_exponential(
-                multiplier=retry.delay * retry.multiplier,
-                exp_base=retry.multiplier,
-                max=retry.max_delay,
-            ),
+            stop=stop_after_attempt(last - first + 1),
+            wait=lambda state: retry.wait_before(first + state.attempt_number),
             retry=retry_if_exception(
                 lambda exc: not isinstance(exc, give_up) and not self.stopping
             ),
             reraise=True,
         )
-        async for try_ in retrying:
-            with try_:
-                ctx.attempt = try_.retry_state.attempt_number + 1
-                await self._call(handler, event, ctx)
+        await asyncio.sleep(retry.wait_before(first))
+        try:
+            async for try_ in retrying:
+                with try_:
+                    ctx.attempt = first + try_.retry_state.attempt_number - 1
+                    await self._call(handler, event, ctx)
+        except give_up:
+            raise
+        except Exception as exc:
+            if ctx.attempt < retry.attempts and not self.stopping:
+                raise _RetryLater() from exc
+            raise
+
+    async def _retry_through_broker(
+        self, delivery: Delivery, handler: Handler, attempt: int, retry: Retry, later: _RetryLater
+    ) -> None:
+        """Park a copy in this service's retry queue for the wait; ack once it is stored."""
+        spec = topology.retry_queue(
+            self.queue, round(retry.wait_before(attempt) * 1000), self._queue_type
+        )
+        headers = dict(delivery.message.headers)
+        headers[ATTEMPT_HEADER] = attempt
+        headers[EVENT_HEADER] = handler.event_name
+        copy = dataclasses.replace(delivery.message, headers=headers)
+        try:
+            if spec.name not in self._retry_queues:
+                await self.bus.transport.declare_queue(spec)
+                self.bus.declared_queues.add(spec.name)
+                self._retry_queues.add(spec.name)
+            await self.bus.transport.publish(copy, "", spec.name, mandatory=True)
+        except ChoreoError as exc:
+            log.error("%s: could not schedule a retry (%s); requeued", self.service.name, exc)
+            await delivery.reject(requeue=True)
+            return
+        await delivery.ack()
+        cause = later.__cause__
+        log.warning(
+            "%s: %s failed (%s: %s); attempt %d/%d in %.1fs, through %s",
+            self.service.name,
+            handler.event_name,
+            type(cause).__name__,
+            cause,
+            attempt,
+            retry.attempts,
+            retry.wait_before(attempt),
+            spec.name,
+        )
 
 
 def _qualname(exc_type: type[BaseException]) -> str:

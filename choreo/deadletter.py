@@ -14,8 +14,26 @@ from datetime import UTC, datetime
 
 from .transports.base import Message
 
-__all__ = ["MAX_ERROR_MESSAGE", "MAX_TRACEBACK", "dead_letter", "format_traceback"]
+__all__ = [
+    "ERROR_HEADERS",
+    "EVENT_HEADER",
+    "MAX_ERROR_MESSAGE",
+    "MAX_TRACEBACK",
+    "dead_letter",
+    "for_replay",
+    "format_traceback",
+]
 
+EVENT_HEADER = "x-choreo-event"
+ERROR_HEADERS = (
+    "x-choreo-error-type",
+    "x-choreo-error-message",
+    "x-choreo-traceback",
+    "x-choreo-attempts",
+    "x-choreo-attempt",
+    "x-choreo-service",
+    "x-choreo-failed-at",
+)
 MAX_TRACEBACK = 4096
 MAX_ERROR_MESSAGE = 1024
 
@@ -47,8 +65,15 @@ def dead_letter(
             "x-choreo-traceback": traceback_text[:MAX_TRACEBACK],
             "x-choreo-attempts": attempts,
             "x-choreo-service": service,
-            "x-choreo-event": event or "",
+            EVENT_HEADER: event or "",
             "x-choreo-failed-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
     )
+    return dataclasses.replace(message, headers=headers)
+
+
+def for_replay(message: Message) -> Message:
+    """The dead letter without its failure headers (attempts start again at 1); it keeps
+    ``x-choreo-event`` so a message that had no ``type`` is still dispatched."""
+    headers = {k: v for k, v in message.headers.items() if k not in ERROR_HEADERS}
     return dataclasses.replace(message, headers=headers)

@@ -48,7 +48,8 @@ class Service:
     ``prefetch`` bounds the messages the broker hands to one process of the service before
     they are acknowledged; ``concurrency`` bounds the handlers running at once. ``None``
     takes the bus's defaults (``connect(prefetch=..., concurrency=...)``). ``retry`` is the
-    default policy of the service's handlers.
+    default policy of the service's handlers. ``queue_type="quorum"`` makes every queue of
+    the service a quorum queue (replicated on a cluster); ``None`` takes the bus's default.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class Service:
         prefetch: int | None = None,
         concurrency: int | None = None,
         retry: Retry | None = None,
+        queue_type: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ConfigurationError(
@@ -66,7 +68,14 @@ class Service:
         for option, value in (("prefetch", prefetch), ("concurrency", concurrency)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"Service({name!r}): {option} must be a positive int")
+        if queue_type not in (None, "classic", "quorum"):
+            raise ConfigurationError(
+                f"Service({name!r}): queue_type must be 'classic' or 'quorum', not {queue_type!r}"
+            )
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigurationError(f"Service({name!r}): retry must be a choreo.Retry")
         self.name = name
+        self.queue_type = queue_type
         self.prefetch = prefetch
         self.concurrency = concurrency
         self.retry = retry

@@ -4,6 +4,10 @@
 * one durable queue per service: ``<service>`` or ``<namespace>.<service>``, bound to the
   exchange of every event the service handles
 * one durable dead-letter queue per service: ``<service queue>.dlq``
+* one durable retry queue per delay level of the service's retry policies:
+  ``<service queue>.retry.<milliseconds>``, whose messages expire after that delay and are
+  dead-lettered (through the default exchange) back to the service queue
+* with ``queue_type="quorum"``, every queue of the service is a quorum queue
 * requests: one durable direct exchange ``choreo.requests`` (``<namespace>.choreo.requests``);
   a responding service's queue ``<service queue>.requests`` is bound to it with the name of
   each request it answers as routing key
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from .retry import DEFAULT_RETRY, Retry
 from .service import Service
 from .transports.base import DIRECT, FANOUT, QueueSpec
 
@@ -26,7 +32,10 @@ __all__ = [
     "queue_name",
     "requests_exchange_name",
     "requests_queue_name",
+    "retry_queue",
 ]
+
+QUEUE_TYPES = ("classic", "quorum")
 
 REQUESTS_EXCHANGE = "choreo.requests"
 
@@ -55,6 +64,23 @@ def requests_queue_name(namespace: str, service_name: str) -> str:
     return f"{queue_name(namespace, service_name)}.requests"
 
 
+def _type_arguments(queue_type: str) -> tuple[tuple[str, Any], ...]:
+    return (("x-queue-type", "quorum"),) if queue_type == "quorum" else ()
+
+
+def retry_queue(service_queue: str, delay_ms: int, queue_type: str = "classic") -> QueueSpec:
+    """The queue that holds a message ``delay_ms`` and then hands it back to ``service_queue``."""
+    return QueueSpec(
+        f"{service_queue}.retry.{delay_ms}",
+        arguments=(
+            ("x-message-ttl", delay_ms),
+            ("x-dead-letter-exchange", ""),
+            ("x-dead-letter-routing-key", service_queue),
+            *_type_arguments(queue_type),
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """Everything the given services need declared on the broker."""
@@ -63,19 +89,32 @@ class Topology:
     queues: tuple[QueueSpec, ...]
 
 
-def plan(services: Iterable[Service], namespace: str) -> Topology:
-    """The exchanges and queues (with bindings) of ``services`` in ``namespace``."""
+def plan(
+    services: Iterable[Service],
+    namespace: str,
+    *,
+    retry: Retry = DEFAULT_RETRY,
+    queue_type: str = "classic",
+) -> Topology:
+    """The exchanges and queues (with bindings) of ``services`` in ``namespace``; ``retry``
+    and ``queue_type`` are the defaults of services that do not set their own."""
     exchanges: dict[str, str] = {}
     queues: list[QueueSpec] = []
     for service in services:
+        kind = service.queue_type or queue_type
+        arguments = _type_arguments(kind)
         if service.handlers:
+            queue = queue_name(namespace, service.name)
             bound = tuple((exchange_name(namespace, name), "") for name in service.handlers)
             exchanges.update(dict.fromkeys((name for name, _ in bound), FANOUT))
-            queues.append(QueueSpec(queue_name(namespace, service.name), bound))
+            queues.append(QueueSpec(queue, bound, arguments))
+            policies = {h.retry or service.retry or retry for h in service.handlers.values()}
+            delays = sorted(set().union(*(policy.broker_delays_ms() for policy in policies)))
+            queues.extend(retry_queue(queue, delay, kind) for delay in delays)
         if service.responders:
             requests = requests_exchange_name(namespace)
             exchanges[requests] = DIRECT
             keys = tuple((requests, name) for name in service.responders)
-            queues.append(QueueSpec(requests_queue_name(namespace, service.name), keys))
-        queues.append(QueueSpec(dlq_name(namespace, service.name)))
+            queues.append(QueueSpec(requests_queue_name(namespace, service.name), keys, arguments))
+        queues.append(QueueSpec(dlq_name(namespace, service.name), arguments=arguments))
     return Topology(tuple(exchanges.items()), tuple(queues))

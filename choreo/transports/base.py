@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,3 +139,18 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def pending_requests(self) -> int:
         """Requests waiting for their reply (for tests and health checks)."""
+
+    @abc.abstractmethod
+    async def queue_size(self, queue: str) -> int:
+        """Messages ready in ``queue``; ``ConfigurationError`` when there is no such queue."""
+
+    @abc.abstractmethod
+    def fetch(self, queue: str, limit: int) -> AbstractAsyncContextManager[list[Delivery]]:
+        """Take up to ``limit`` ready messages of ``queue`` without a consumer (``async with``).
+
+        Settle the ones to keep or drop; the others go back to the queue when the block ends.
+        """
+
+    @abc.abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Drop every ready message of ``queue``; return how many there were."""

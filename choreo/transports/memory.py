@@ -14,12 +14,13 @@ as it does on RabbitMQ.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from ..errors import (
     ConfigurationError,
@@ -62,20 +63,43 @@ def reset() -> None:
 
 
 class _Queue:
-    __slots__ = ("_turn", "consumers", "messages", "name")
+    __slots__ = ("_broker", "_turn", "consumers", "dead_letter_to", "messages", "name", "ttl")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, broker: MemoryBroker, arguments: dict[str, object]) -> None:
         self.name = name
         self.messages: deque[_Item] = deque()
         self.consumers: list[_MemoryConsumer] = []
         self._turn = itertools.count()
+        self._broker = broker
+        ttl = arguments.get("x-message-ttl")
+        self.ttl = ttl / 1000 if isinstance(ttl, int) else None
+        exchange = arguments.get("x-dead-letter-exchange")
+        key = arguments.get("x-dead-letter-routing-key")
+        self.dead_letter_to = (
+            (str(exchange), None if key is None else str(key)) if exchange is not None else None
+        )
 
     def put(self, item: _Item, *, front: bool = False) -> None:
         if front:
             self.messages.appendleft(item)
         else:
             self.messages.append(item)
+            if self.ttl is not None:
+                asyncio.get_running_loop().call_later(self.ttl, self._expire, item)
         self.dispatch()
+
+    def _expire(self, item: _Item) -> None:
+        """The queue's TTL has passed: drop the message, or dead-letter it as RabbitMQ does."""
+        for index, waiting in enumerate(self.messages):
+            if waiting is item:
+                del self.messages[index]
+                break
+        else:
+            return  # consumed or purged meanwhile
+        if self.dead_letter_to is not None:
+            exchange, key = self.dead_letter_to
+            message, _, routing_key, _, _ = item
+            self._broker.publish(message, exchange, routing_key if key is None else key, False)
 
     def dispatch(self) -> None:
         """Hand messages to consumers with room, round-robin, as RabbitMQ does."""
@@ -113,7 +137,7 @@ class MemoryBroker:
 
     def declare_queue(self, spec: QueueSpec) -> None:
         if spec.name not in self.queues:
-            self.queues[spec.name] = _Queue(spec.name)
+            self.queues[spec.name] = _Queue(spec.name, self, dict(spec.arguments))
         for exchange, key in spec.bindings:
             if exchange not in self.exchanges:
                 raise ConfigurationError(f"cannot bind {spec.name!r}: no exchange {exchange!r}")
@@ -175,11 +199,15 @@ class _MemoryConsumer(Consumer):
         self._keys = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def deliver(self, item: _Item) -> None:
+    def hold(self, item: _Item) -> _MemoryDelivery:
+        """Hand ``item`` over unsettled, without calling the callback (for ``fetch``)."""
         key = next(self._keys)
         self.unsettled[key] = item
+        return _MemoryDelivery(self, key, item)
+
+    def deliver(self, item: _Item) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-            self.on_message(_MemoryDelivery(self, key, item))
+            self.on_message(self.hold(item))
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -206,6 +234,10 @@ class _MemoryConsumer(Consumer):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _never(delivery: Delivery) -> None:
+    raise AssertionError("fetched messages are never delivered to a callback")
 
 
 class MemoryTransport(Transport):
@@ -280,10 +312,38 @@ class MemoryTransport(Transport):
         if future is not None and not future.done():
             future.set_result(message)
 
-    async def consume(self, queue: str, on_message: OnMessage, prefetch: int) -> Consumer:
+    def _queue(self, queue: str) -> _Queue:
         found = self.broker.queues.get(queue)
         if found is None:
-            raise ConfigurationError(f"cannot consume {queue!r}: no such queue")
+            raise ConfigurationError(f"no queue {queue!r} on the in-memory broker")
+        return found
+
+    async def queue_size(self, queue: str) -> int:
+        return len(self._queue(queue).messages)
+
+    @contextlib.asynccontextmanager
+    async def fetch(self, queue: str, limit: int) -> AsyncIterator[list[Delivery]]:
+        found = self._queue(queue)
+        holder = _MemoryConsumer(found, _never, limit)
+        deliveries: list[Delivery] = []
+        now = time.monotonic()
+        while found.messages and len(deliveries) < limit:
+            item = found.messages.popleft()
+            if item[4] is None or item[4] >= now:
+                deliveries.append(holder.hold(item))
+        try:
+            yield deliveries
+        finally:
+            await holder.close()
+
+    async def purge(self, queue: str) -> int:
+        found = self._queue(queue)
+        count = len(found.messages)
+        found.messages.clear()
+        return count
+
+    async def consume(self, queue: str, on_message: OnMessage, prefetch: int) -> Consumer:
+        found = self._queue(queue)
         consumer = _MemoryConsumer(found, on_message, prefetch)
         found.consumers.append(consumer)
         self._consumers.append(consumer)

@@ -13,7 +13,10 @@ here into choreo's own errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -24,6 +27,8 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.robust_connection import RobustConnection
+from yarl import URL
 
 from ..config import redact
 from ..errors import (
@@ -72,6 +77,33 @@ def _to_outgoing(message: Message) -> aio_pika.Message:
         reply_to=message.reply_to,
         expiration=message.expiration,
     )
+
+
+class _FailoverConnection(RobustConnection):
+    """A robust connection over the nodes of a cluster: each (re)connect attempt takes the
+    next URL, round robin. aio-pika's own takes one URL; this hooks its (private) connect
+    step, checked below at import time so an aio-pika upgrade cannot break it silently."""
+
+    def __init__(self, urls: list[str], **kwargs: Any) -> None:
+        self._urls = [_with_heartbeat(URL(url)) for url in urls]
+        self._turn = 0
+        kwargs.setdefault("reconnect_interval", 1.0)
+        super().__init__(self._urls[0], **kwargs)
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        self.url = self._urls[self._turn % len(self._urls)]
+        self._turn += 1
+        await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+
+
+if not hasattr(RobustConnection, "_RobustConnection__connect_transport"):  # pragma: no cover
+    raise ImportError("this aio-pika version has no RobustConnection.__connect_transport")
+
+DEFAULT_HEARTBEAT = 10  # seconds; a silent (black-holed) broker is noticed after ~3 of them
+
+
+def _with_heartbeat(url: URL) -> URL:
+    return url if "heartbeat" in url.query else url.update_query(heartbeat=DEFAULT_HEARTBEAT)
 
 
 class _RabbitDelivery(Delivery):
@@ -149,22 +181,35 @@ class RabbitMQTransport(Transport):
         return len(self._pending)
 
     async def connect(self) -> None:
-        where = redact(self.url)
-        try:
-            self._connection = await aio_pika.connect_robust(
-                self.url,
-                timeout=self.connect_timeout,
-                client_properties={"connection_name": self.connection_name},
-            )
-            self._channel = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
-        except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
-            await self.close()
-            reason = str(exc) or type(exc).__name__
-            raise ConnectionFailed(f"cannot connect to RabbitMQ at {where}: {reason}") from exc
-        except ValueError as exc:  # yarl/aiormq reject a malformed URL
-            raise ConfigurationError(f"invalid broker URL {where}: {exc}") from exc
+        """Connect to the first URL that answers; later reconnects go round the list."""
+        urls = [u.strip() for u in self.url.split(",") if u.strip()]
+        problems = []
+        for start in range(len(urls)):
+            where = redact(urls[start])
+            try:
+                connection = _FailoverConnection(
+                    urls[start:] + urls[:start],
+                    client_properties={"connection_name": self.connection_name},
+                )
+                await connection.connect(timeout=self.connect_timeout)
+            except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
+                problems.append(f"{where}: {str(exc) or type(exc).__name__}")
+                continue
+            except ValueError as exc:  # yarl/aiormq reject a malformed URL
+                raise ConfigurationError(f"invalid broker URL {where}: {exc}") from exc
+            self._connection = connection
+            try:
+                self._channel = await self._publish_channel()
+            except _AMQP_ERRORS as exc:
+                await self.close()
+                raise ConnectionFailed(f"cannot open a channel on {where}: {exc}") from exc
+            return
+        raise ConnectionFailed("cannot connect to RabbitMQ at " + "; ".join(problems))
+
+    async def _publish_channel(self) -> AbstractChannel:
+        if self._connection is None:
+            raise ConnectionFailed("the RabbitMQ transport is not connected")
+        return await self._connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -210,30 +255,117 @@ class RabbitMQTransport(Transport):
     async def publish(
         self, message: Message, exchange: str, routing_key: str = "", *, mandatory: bool = False
     ) -> None:
-        target = self._exchanges.get(exchange)
-        if target is None:
-            target = self._exchanges[exchange] = (
-                self.channel.default_exchange
-                if exchange == ""
-                else await self.channel.get_exchange(exchange, ensure=False)
+        """Publish and wait for the confirm, through reconnections, up to ``publish_timeout``.
+
+        A publish whose confirm was lost with the connection is sent again after the
+        reconnect (at-least-once: the broker may then hold it twice). A nack reopens the
+        channel before the next try: on RabbitMQ 3.10 a channel whose first publish met a
+        quorum-queue leader election keeps being nacked.
+        """
+        outgoing = _to_outgoing(message)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        last: BaseException | None = None
+        while (remaining := deadline - loop.time()) > 0:
+            channel = self.channel
+            try:
+                async with asyncio.timeout(remaining):
+                    target = await self._exchange(channel, exchange)
+                    await target.publish(outgoing, routing_key, mandatory=mandatory)
+                return
+            except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue was bound
+                raise Unroutable(f"no queue is bound for {routing_key or exchange!r}") from exc
+            except aio_pika.exceptions.DeliveryError as exc:  # Basic.Nack
+                last = exc
+                await self._reopen_publish_channel(channel)
+            except TimeoutError:
+                break
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                last = exc  # aiormq cancels in-flight publishes when it finds the peer dead
+            except _AMQP_ERRORS as exc:
+                last = exc
+            await self._wait_connected(deadline)
+        reason = f": {type(last).__name__}: {last}" if last else ""
+        raise PublishError(
+            f"no confirm for a message to {exchange or routing_key!r} "
+            f"within {self.publish_timeout}s{reason}"
+        )
+
+    async def _exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
+        found = self._exchanges.get(name)
+        if found is None:
+            found = self._exchanges[name] = (
+                channel.default_exchange
+                if name == ""
+                else await channel.get_exchange(name, ensure=False)
             )
+        return found
+
+    async def _reopen_publish_channel(self, failed: AbstractChannel) -> None:
+        if self._channel is not failed or self._connection is None:
+            return  # another publish reopened it already
+        self._exchanges.clear()
+        with contextlib.suppress(*_AMQP_ERRORS):
+            await failed.close()
         try:
-            await target.publish(
-                _to_outgoing(message),
-                routing_key,
-                mandatory=mandatory,
-                timeout=self.publish_timeout,
-            )
-        except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue was bound
-            raise Unroutable(f"no queue is bound for {routing_key or exchange!r}") from exc
-        except aio_pika.exceptions.DeliveryError as exc:
-            raise PublishError(f"broker refused message to {exchange!r}: {exc}") from exc
-        except TimeoutError as exc:
-            raise PublishError(
-                f"no confirm for message to {exchange!r} within {self.publish_timeout}s"
-            ) from exc
+            self._channel = await self._publish_channel()
         except _AMQP_ERRORS as exc:
-            raise PublishError(f"could not publish to {exchange!r}: {exc}") from exc
+            log.warning("reopening the publish channel failed: %s", exc)
+
+    async def _wait_connected(self, deadline: float) -> None:
+        """A short pause, then wait until the robust connection is back (or the deadline)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+        if self._connection is None:
+            raise ConnectionFailed("the RabbitMQ transport is closed")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                await self._connection.connected.wait()
+
+    async def queue_size(self, queue: str) -> int:
+        channel = await self.channel_for_consumer(1)
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigurationError(f"no queue {queue!r} on the broker") from exc
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return int(declared.declaration_result.message_count or 0)
+
+    @contextlib.asynccontextmanager
+    async def fetch(self, queue: str, limit: int) -> AsyncIterator[list[Delivery]]:
+        channel = await self.channel_for_consumer(limit)
+        try:
+            try:
+                found = await channel.declare_queue(queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise ConfigurationError(f"no queue {queue!r} on the broker") from exc
+            deliveries: list[Delivery] = []
+            while len(deliveries) < limit:
+                incoming = await found.get(no_ack=False, fail=False)
+                if incoming is None:
+                    break
+                deliveries.append(_RabbitDelivery(incoming))
+            yield deliveries
+        finally:  # closing the channel returns what was not settled, in order
+            if not channel.is_closed:
+                await channel.close()
+
+    async def purge(self, queue: str) -> int:
+        channel = await self.channel_for_consumer(1)
+        try:
+            found = await channel.declare_queue(queue, passive=True)
+            result = await found.purge()
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigurationError(f"no queue {queue!r} on the broker") from exc
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return int(result.message_count or 0)
 
     async def request(
         self, message: Message, exchange: str, routing_key: str, timeout: float
