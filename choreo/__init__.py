@@ -14,6 +14,7 @@ from .errors import (
     Reject,
     RemoteError,
     RequestTimeout,
+    Unroutable,
 )
 from .events import Event
 from .retry import Retry
@@ -39,6 +40,7 @@ __all__ = [
     "RequestTimeout",
     "Retry",
     "Service",
+    "Unroutable",
     "__version__",
     "connect",
 ]
