@@ -174,7 +174,7 @@ class TestDeadLetterTools:
 
     async def test_replay_all_and_purge(self, make_bus: Buses) -> None:
         """Replay every dead letter; purge empties the DLQ and says how many it dropped."""
-        bus, ids, calls = await self._two_dead_letters(make_bus)
+        bus, _, calls = await self._two_dead_letters(make_bus)
         assert await dlq_tools.replay(bus, "catalog") == 2  # still broken: back to the DLQ
         await calls.wait_for(4)
         assert calls.items[2:] == [("A0", 1), ("A1", 1)]

@@ -402,7 +402,7 @@ class RabbitMQTransport(Transport):
                 channel = await self._connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
-                replies = await channel.get_queue(REPLY_TO, ensure=False)
+                replies = await channel.declare_queue(REPLY_TO, passive=True)
                 await replies.consume(self._on_reply, no_ack=True)
                 self._rpc_channel = channel
             return self._rpc_channel
@@ -419,7 +419,7 @@ class RabbitMQTransport(Transport):
             await on_message(_RabbitDelivery(incoming))
 
         try:
-            found = await channel.get_queue(queue, ensure=False)
+            found = await channel.declare_queue(queue, passive=True)
             tag = await found.consume(deliver, no_ack=False)
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             await channel.close()

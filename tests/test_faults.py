@@ -1,0 +1,245 @@
+"""Fault injection on a real RabbitMQ: a worker killed with SIGKILL, a TCP proxy that cuts,
+black-holes and refuses connections (../shared/tools/tcp-chaos.py), and a 3-node cluster
+whose node holding the connection and the quorum-queue leader is killed
+(../shared/tools/rmq-cluster). In every case each confirmed event is processed at least
+once."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from choreo import Bus, Context, Event, Service, connect
+
+from .conftest import IN_CI, Buses, delete_on_rabbitmq, unique
+from .fixtures.worker import Ping
+from .helpers import WAIT
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = Path(os.environ.get("CHOREO_SHARED_TOOLS", ROOT.parent / "shared" / "tools"))
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def transport() -> str:
+    return "rabbitmq"
+
+
+def tool(name: str) -> Path:
+    path = TOOLS / name
+    if not path.exists():
+        message = f"{path} is missing (the shared tools sit beside the clone)"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+class Stream(Event):
+    n: int
+
+
+def sink(seen: dict[int, int]) -> Service:
+    service = Service("sink", prefetch=50)
+
+    @service.on(Stream)
+    async def count(event: Stream, ctx: Context) -> None:
+        seen[event.n] = seen.get(event.n, 0) + 1
+
+    return service
+
+
+async def publish_stream(bus: Bus, count: int, confirmed: set[int], pace: float = 0.01) -> None:
+    """Publish ``count`` events in small concurrent batches, noting each confirmed one."""
+
+    async def one(n: int) -> None:
+        await bus.publish(Stream(n=n))
+        confirmed.add(n)
+
+    for start in range(0, count, 10):
+        await asyncio.gather(*(one(n) for n in range(start, min(count, start + 10))))
+        await asyncio.sleep(pace)
+
+
+async def wait_all(seen: dict[int, int], expected: set[int], timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while not expected <= seen.keys():
+            await asyncio.sleep(0.05)
+
+
+async def test_worker_killed_with_sigkill_mid_stream_loses_nothing(
+    make_bus: Buses, namespace: str, tmp_path: Path
+) -> None:
+    """`choreo run` killed with SIGKILL while handling, then restarted: every event done."""
+    out = tmp_path / "handled.jsonl"
+    make_bus.extra_queues |= {f"{namespace}.worker", f"{namespace}.worker.dlq"}
+    make_bus.extra_exchanges.add(f"{namespace}.ping")
+    env = {**os.environ, "CHOREO_TEST_OUT": str(out)}
+    command = [
+        sys.executable, "-m", "choreo", "run", "tests.fixtures.worker:service",
+        "--broker", make_bus.url, "--namespace", namespace,
+    ]  # fmt: skip
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+
+    def handled() -> set[object]:
+        if not out.exists():
+            return set()
+        return {json.loads(line)["n"] for line in out.read_text().splitlines() if line}
+
+    worker = start()
+    try:
+        bus = await make_bus()
+        async with asyncio.timeout(WAIT):
+            while True:  # wait for the worker's queue to exist
+                try:
+                    await bus.transport.queue_size(f"{namespace}.worker")
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+        await asyncio.gather(*(bus.publish(Ping(n=n, delay=0.01)) for n in range(400)))
+        async with asyncio.timeout(WAIT):
+            while len(handled()) < 60:
+                await asyncio.sleep(0.01)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+        before = len(handled())
+        assert before < 400, "the worker finished before it could be killed"
+        worker = start()
+        async with asyncio.timeout(60):
+            while handled() != set(range(400)):
+                await asyncio.sleep(0.05)
+        assert await bus.transport.queue_size(f"{namespace}.worker.dlq") == 0
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def chaos_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tcp_chaos", tool("tcp-chaos.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+async def proxy(broker_url: str) -> AsyncIterator[Any]:
+    """A tcp-chaos proxy in this event loop, in front of the test broker."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(broker_url)
+    chaos = chaos_module().ChaosProxy(0, [(parts.hostname, parts.port or 5672)])
+    await chaos.start()
+    yield chaos
+    await chaos.down()
+
+
+def through(proxy: Any, broker_url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(broker_url)
+    auth = f"{parts.username}:{parts.password}@" if parts.username else ""
+    return f"amqp://{auth}127.0.0.1:{proxy.port}{parts.path or '/'}?heartbeat=1"
+
+
+async def fault_cut(proxy: Any) -> None:
+    proxy.cut()
+
+
+async def fault_pause(proxy: Any) -> None:
+    proxy.pause()  # black hole: no RST, heartbeats stop; aiormq notices after ~(1+1)*3 s
+    await asyncio.sleep(8)
+    proxy.resume()
+
+
+async def fault_down_up(proxy: Any) -> None:
+    await proxy.down()  # connections cut, new ones refused
+    await asyncio.sleep(3)
+    await proxy.up()
+
+
+@pytest.mark.parametrize("fault", [fault_cut, fault_pause, fault_down_up], ids=lambda f: f.__name__)
+async def test_connection_faults_lose_no_event_and_consumers_resume(
+    proxy: Any, broker_url: str, namespace: str, fault: Any
+) -> None:
+    """Publisher and consumer both go through the proxy; mid-stream the fault strikes.
+    Every confirmed publish is consumed, including those published after the fault."""
+    seen: dict[int, int] = {}
+    confirmed: set[int] = set()
+    bus = await connect(through(proxy, broker_url), namespace=namespace, publish_timeout=60)
+    try:
+        await bus.start(sink(seen))
+        stream = asyncio.ensure_future(publish_stream(bus, 600, confirmed, pace=0.02))
+        async with asyncio.timeout(WAIT):
+            while len(confirmed) < 150:
+                await asyncio.sleep(0.01)
+        await fault(proxy)
+        async with asyncio.timeout(90):
+            await stream
+        assert confirmed == set(range(600))
+        await wait_all(seen, confirmed, timeout=60)
+    finally:
+        await bus.close()
+        await delete_on_rabbitmq(broker_url, bus.declared_queues, bus.declared_exchanges)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[str]]:
+    """A fresh 3-node cluster on 127.0.0.1:5681-5683, stopped and wiped afterwards."""
+    script = str(tool("rmq-cluster"))
+    subprocess.run([script, "start"], check=True, capture_output=True, timeout=180)
+    try:
+        urls = subprocess.run(
+            [script, "urls"], check=True, capture_output=True, text=True, timeout=60
+        ).stdout.split()
+        yield urls
+    finally:
+        subprocess.run([script, "stop"], capture_output=True, timeout=180)
+
+
+@pytest.mark.cluster
+async def test_cluster_node_with_connection_and_leader_killed_loses_nothing(
+    cluster: list[str],
+) -> None:
+    """Quorum queues, three URLs; node 1 holds the connection and the queue leader and is
+    SIGKILLed mid-stream, then restarted: every confirmed event is consumed."""
+    script = str(tool("rmq-cluster"))
+    seen: dict[int, int] = {}
+    confirmed: set[int] = set()
+    namespace = unique("cluster")
+    bus = await connect(
+        ",".join(f"{url}?heartbeat=2" for url in cluster),
+        namespace=namespace,
+        queue_type="quorum",
+        publish_timeout=90,
+    )
+    try:
+        await bus.start(sink(seen))  # declared through node 1: the leader is there
+        stream = asyncio.ensure_future(publish_stream(bus, 1500, confirmed, pace=0.02))
+        async with asyncio.timeout(WAIT):
+            while len(confirmed) < 300:
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(subprocess.run, [script, "kill", "1"], check=True, timeout=60)
+        await asyncio.sleep(3)
+        await asyncio.to_thread(subprocess.run, [script, "restart", "1"], check=True, timeout=120)
+        async with asyncio.timeout(120):
+            await stream
+        assert confirmed == set(range(1500))
+        await wait_all(seen, confirmed, timeout=90)
+    finally:
+        await bus.close()
