@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from choreo import Bus, Context, Event, Service, connect
+from choreo import Bus, ConnectionFailed, Context, Event, PublishError, Service, connect
 
 from .conftest import IN_CI, Buses, delete_on_rabbitmq, unique
 from .fixtures.worker import Ping
@@ -243,3 +243,33 @@ async def test_cluster_node_with_connection_and_leader_killed_loses_nothing(
         await wait_all(seen, confirmed, timeout=90)
     finally:
         await bus.close()
+
+
+async def test_publish_during_a_long_outage_raises_after_publish_timeout(
+    proxy: Any, broker_url: str, namespace: str
+) -> None:
+    """The broker stays unreachable: publish raises PublishError, never returns unconfirmed."""
+    bus = await connect(through(proxy, broker_url), namespace=namespace, publish_timeout=2)
+    try:
+        await bus.publish(Stream(n=0))  # declares the exchange while the broker is there
+        await proxy.down()
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(PublishError, match=r"no confirm .* within 2"):
+                await bus.publish(Stream(n=1))
+        await proxy.up()
+    finally:
+        await bus.close()
+        await delete_on_rabbitmq(broker_url, set(), bus.declared_exchanges)
+
+
+async def test_first_reachable_url_of_a_list_is_used(broker_url: str, namespace: str) -> None:
+    """Several URLs: a dead first node does not stop connect(); a dead list is one clear error."""
+    dead = "amqp://guest:guest@127.0.0.1:1/"
+    async with connect(f"{dead},{broker_url}", namespace=namespace) as bus:
+        assert await bus.transport.queue_size("amq.rabbitmq.reply-to") == 0  # it talks
+    with pytest.raises(ConnectionFailed) as info:
+        async with connect(f"{dead},amqp://guest:secret@127.0.0.1:2/"):
+            pass
+    assert "127.0.0.1:1" in str(info.value)
+    assert "127.0.0.1:2" in str(info.value)
+    assert "secret" not in str(info.value)
