@@ -430,6 +430,11 @@ class Bus:
             await asyncio.shield(self.stop())
 
     @property
+    def in_flight(self) -> int:
+        """Deliveries being handled (or waiting for a concurrency slot) right now."""
+        return sum(len(item.consumer.tasks) for items in self._running.values() for item in items)
+
+    @property
     def running(self) -> tuple[str, ...]:
         """Names of the services this bus consumes for."""
         return tuple(self._running)

@@ -120,6 +120,9 @@ def run(
         float, typer.Option(min=0, help="Seconds to let handlers finish on SIGINT/SIGTERM.")
     ] = 30.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes sharing the queues (competing consumers).")
+    ] = 1,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run services: consume their queues until SIGINT or SIGTERM, then stop gracefully.
@@ -130,7 +133,16 @@ def run(
     """
     debug = debug or _setup_logging(log_level) <= logging.DEBUG
     with _errors(debug):
-        services = [load_service(target) for target in targets]
+        services = [load_service(target) for target in targets]  # fail here, not N times
+        if workers > 1:
+            from .workers import supervise
+
+            child_args = [*targets, "--prefetch", str(prefetch), "--concurrency", str(concurrency)]
+            child_args += ["--shutdown-timeout", str(shutdown_timeout), "--log-level", log_level]
+            child_args += ["--debug"] if debug else []
+            child_args += ["--namespace", namespace] if namespace is not None else []
+            env = {"CHOREO_BROKER_URL": broker} if broker else {}
+            raise typer.Exit(supervise(child_args, workers, env))
         asyncio.run(_run(services, broker, namespace, prefetch, concurrency, shutdown_timeout))
 
 

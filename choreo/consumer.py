@@ -57,7 +57,7 @@ class QueueWorker:
         self.queue = queue
         self.dlq = dlq
         self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task[object]] = set()
+        self.tasks: set[asyncio.Task[object]] = set()
         self.stopping = False
 
     async def on_message(self, delivery: Delivery) -> None:
@@ -67,7 +67,7 @@ class QueueWorker:
             return
         task = asyncio.current_task()
         if task is not None:
-            self._tasks.add(task)
+            self.tasks.add(task)
         try:
             async with self._slots:
                 if self.stopping:
@@ -79,12 +79,12 @@ class QueueWorker:
             raise
         finally:
             if task is not None:
-                self._tasks.discard(task)
+                self.tasks.discard(task)
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for handlers in flight; cancel those left. True if none was."""
         self.stopping = True
-        pending = set(self._tasks)
+        pending = set(self.tasks)
         if not pending:
             return True
         _, late = await asyncio.wait(pending, timeout=timeout)

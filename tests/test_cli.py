@@ -198,3 +198,41 @@ class TestRun:
         assert await worker.terminate() == 0
         assert [h["n"] for h in worker.handled()] == [1]
         assert await ready_count(bus, f"{bus.namespace}.worker") == 0
+
+
+@pytest.mark.broker
+async def test_workers_share_the_queue_and_stop_together(
+    make_bus: Buses, namespace: str, tmp_path: Path
+) -> None:
+    """--workers 2: two processes consume the same queue; SIGTERM stops both, exit 0."""
+    out = tmp_path / "handled.jsonl"
+    make_bus.extra_queues |= {f"{namespace}.worker", f"{namespace}.worker.dlq"}
+    make_bus.extra_exchanges.add(f"{namespace}.ping")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "choreo", "run", "tests.fixtures.worker:service",
+        "--workers", "2", "--namespace", namespace, "--prefetch", "1", "--concurrency", "1",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "CHOREO_TEST_OUT": str(out), "CHOREO_BROKER_URL": make_bus.url},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        consuming = 0
+        async with asyncio.timeout(WAIT):
+            while consuming < 2:
+                consuming += b"consuming" in await process.stderr.readline()
+        bus = await make_bus()
+        await asyncio.gather(*(bus.publish(Ping(n=n, delay=0.02)) for n in range(60)))
+        async with asyncio.timeout(WAIT):
+            while not out.exists() or len(out.read_text().splitlines()) < 60:
+                await asyncio.sleep(0.05)
+        handled = [json.loads(line) for line in out.read_text().splitlines()]
+        assert sorted(h["n"] for h in handled) == list(range(60))
+        assert len({h["pid"] for h in handled}) == 2
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
