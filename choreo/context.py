@@ -1,7 +1,15 @@
-"""``Context``: what a handler knows about the message it handles, and how it publishes."""
+"""``Context``: what a handler knows about the message it handles, and how it publishes.
+
+What a handler publishes or asks through its context carries the ``x-choreo-source``
+header (the name of the service). An event or request the running service did not declare
+(``Service(emits=..., requests=...)`` or the same on its handler) is published all the
+same, with one warning per service and name in the process: declarations are what
+``choreo graph``, ``choreo check`` and ``choreo asyncapi`` see.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -9,10 +17,17 @@ from .events import CAUSATION_HEADER, Event
 
 if TYPE_CHECKING:
     from .bus import Bus
+    from .service import Service
 
-__all__ = ["Context"]
+__all__ = ["SOURCE_HEADER", "Context"]
+
+log = logging.getLogger("choreo.context")
 
 R = TypeVar("R", bound=Event)
+
+SOURCE_HEADER = "x-choreo-source"
+
+_warned: set[tuple[str, str, str]] = set()  # (what, service, name): warn once per process
 
 
 class Context:
@@ -69,11 +84,12 @@ class Context:
         headers: Mapping[str, Any] | None = None,
     ) -> str:
         """Publish ``event`` as a consequence of the message being handled."""
+        self._check_declared("emits", event)
         return await self._bus.publish(
             event,
             correlation_id=correlation_id or self.correlation_id or self.message_id,
             causation_id=self.message_id,
-            headers=headers,
+            headers=self._headers(headers),
         )
 
     async def request(
@@ -85,11 +101,58 @@ class Context:
         headers: Mapping[str, Any] | None = None,
     ) -> R:
         """Ask the service that responds to ``request``; see :meth:`choreo.Bus.request`."""
+        self._check_declared("requests", request)
         return await self._bus.request(
             request,
             reply_type,
             timeout=timeout,
             correlation_id=self.correlation_id or self.message_id,
             causation_id=self.message_id,
-            headers=headers,
+            headers=self._headers(headers),
         )
+
+    def _headers(self, headers: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``headers`` with ``x-choreo-source`` (unless the caller set it)."""
+        return {SOURCE_HEADER: self.service, **(headers or {})}
+
+    def _check_declared(self, what: str, event: Event) -> None:
+        """Warn, once per service and name, about an event or request not declared."""
+        if not isinstance(event, Event):
+            return  # the bus says what is wrong with it
+        name = type(event).__event_name__
+        key = (what, self.service, name)
+        if key in _warned:
+            return
+        service = self._running_service()
+        if service is None:
+            return
+        if what == "emits":
+            declared = service.may_emit(name, self.event_name)
+        else:
+            declared = service.may_request(name, self.event_name)
+        if declared:
+            return
+        _warned.add(key)
+        log.warning(
+            "service %r %s %r without declaring it: add %s=[%s] to Service(%r) or to its "
+            "handler of %r (choreo graph, check and asyncapi only see declarations)",
+            self.service,
+            "published" if what == "emits" else "sent the request",
+            name,
+            what,
+            type(event).__name__,
+            self.service,
+            self.event_name,
+        )
+
+    def _running_service(self) -> Service | None:
+        """The ``Service`` this context's bus runs under ``self.service``, if it runs one."""
+        from .service import Service
+
+        running = getattr(self._bus, "_running", None)
+        items = running.get(self.service, ()) if isinstance(running, dict) else ()
+        for item in items:
+            service = getattr(getattr(item, "consumer", None), "service", None)
+            if isinstance(service, Service):
+                return service
+        return None

@@ -2,6 +2,11 @@
 
 ``@service.on(Event)`` handles an event published to everyone (choreography);
 ``@service.responds(Request)`` answers a request with a reply event (request-response).
+
+A service also declares what it sends: ``emits=[...]`` (events it publishes) and
+``requests=[...]`` (requests it sends), on the ``Service`` or on one handler. Nothing on
+the wire depends on them; ``choreo graph``, ``choreo check`` and ``choreo asyncapi`` read
+them, and ``ctx.publish``/``ctx.request`` log a warning (once) for what was not declared.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,18 +29,23 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 HandlerFunc = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFunc)
+EventTypes = Iterable[type[Event]]
 
 
 @dataclass(frozen=True, slots=True)
 class Handler:
     """One registered handler (or responder): which event, which function, whether it takes
-    a context."""
+    a context; what it declares it publishes (``emits``) and asks (``requests``); for a
+    responder, the reply type its return annotation names (``None`` when unknown)."""
 
     event_type: type[Event]
     event_name: str
     func: HandlerFunc
     takes_context: bool
     retry: Retry | None
+    emits: tuple[type[Event], ...] = ()
+    requests: tuple[type[Event], ...] = ()
+    reply_type: type[Event] | None = None
 
     @property
     def qualname(self) -> str:
@@ -50,6 +60,8 @@ class Service:
     takes the bus's defaults (``connect(prefetch=..., concurrency=...)``). ``retry`` is the
     default policy of the service's handlers. ``queue_type="quorum"`` makes every queue of
     the service a quorum queue (replicated on a cluster); ``None`` takes the bus's default.
+    ``emits`` and ``requests`` list the events the service publishes and the requests it
+    sends from any of its handlers (or outside of them, for a feed with no handlers).
     """
 
     def __init__(
@@ -60,6 +72,8 @@ class Service:
         concurrency: int | None = None,
         retry: Retry | None = None,
         queue_type: str | None = None,
+        emits: EventTypes | None = None,
+        requests: EventTypes | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ConfigurationError(
@@ -79,6 +93,8 @@ class Service:
         self.prefetch = prefetch
         self.concurrency = concurrency
         self.retry = retry
+        self.emits = _event_types(f"Service({name!r})", "emits", emits)
+        self.requests = _event_types(f"Service({name!r})", "requests", requests)
         self._handlers: dict[str, Handler] = {}
         self._responders: dict[str, Handler] = {}
 
@@ -98,21 +114,54 @@ class Service:
         """Request responders by request name, in the order they were registered."""
         return self._responders
 
-    def responds(self, request_type: type[Event]) -> Callable[[F], F]:
+    def may_emit(self, event_name: str, handled: str | None = None) -> bool:
+        """Whether the service, or its handler or responder of ``handled``, declares that it
+        publishes ``event_name``."""
+        declared = [*self.emits, *(t for h in self._registered(handled) for t in h.emits)]
+        return any(event_name == t.__event_name__ for t in declared)
+
+    def may_request(self, request_name: str, handled: str | None = None) -> bool:
+        """Whether the service, or its handler or responder of ``handled``, declares that it
+        sends the request ``request_name``."""
+        declared = [*self.requests, *(t for h in self._registered(handled) for t in h.requests)]
+        return any(request_name == t.__event_name__ for t in declared)
+
+    def _registered(self, handled: str | None) -> list[Handler]:
+        """The handler and the responder of ``handled`` (none, one or both)."""
+        found = (self._handlers.get(handled or ""), self._responders.get(handled or ""))
+        return [handler for handler in found if handler is not None]
+
+    def responds(
+        self,
+        request_type: type[Event],
+        *,
+        emits: EventTypes | None = None,
+        requests: EventTypes | None = None,
+    ) -> Callable[[F], F]:
         """Register the decorated async function as the responder to ``request_type``.
 
         It returns the reply, an instance of an ``Event`` subclass; an exception it raises
         reaches the requester as ``choreo.RemoteError``.
         """
         event_name_of(request_type)
+        where = f"@{self.name}.responds({request_type.__name__})"
+        emitted = _event_types(where, "emits", emits)
+        requested = _event_types(where, "requests", requests)
 
         def register(func: F) -> F:
-            self.add_responder(request_type, func)
+            self.add_responder(request_type, func, emits=emitted, requests=requested)
             return func
 
         return register
 
-    def add_responder(self, request_type: type[Event], func: HandlerFunc) -> Handler:
+    def add_responder(
+        self,
+        request_type: type[Event],
+        func: HandlerFunc,
+        *,
+        emits: EventTypes | None = None,
+        requests: EventTypes | None = None,
+    ) -> Handler:
         """Register ``func`` as the responder to ``request_type`` (what ``@responds`` does)."""
         name = event_name_of(request_type)
         if name in self._responders:
@@ -127,22 +176,49 @@ class Service:
                 f"responder {func.__qualname__!r} for {request_type.__name__} must return an "
                 f"Event, not {returns.__name__}"
             )
-        handler = Handler(request_type, name, func, takes_context, None)
+        where = f"responder {getattr(func, '__qualname__', func)!r} for {request_type.__name__}"
+        handler = Handler(
+            request_type,
+            name,
+            func,
+            takes_context,
+            None,
+            emits=_event_types(where, "emits", emits),
+            requests=_event_types(where, "requests", requests),
+            reply_type=returns if isinstance(returns, type) and returns is not Event else None,
+        )
         self._responders[name] = handler
         return handler
 
-    def on(self, event_type: type[Event], *, retry: Retry | None = None) -> Callable[[F], F]:
-        """Register the decorated async function as the handler of ``event_type``."""
+    def on(
+        self,
+        event_type: type[Event],
+        *,
+        retry: Retry | None = None,
+        emits: EventTypes | None = None,
+        requests: EventTypes | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated async function as the handler of ``event_type``;
+        ``emits``/``requests``: what this handler publishes and asks, beyond the service's."""
         event_name_of(event_type)  # fail on the decorator line, not on the function
+        where = f"@{self.name}.on({event_type.__name__})"
+        emitted = _event_types(where, "emits", emits)
+        requested = _event_types(where, "requests", requests)
 
         def register(func: F) -> F:
-            self.add_handler(event_type, func, retry=retry)
+            self.add_handler(event_type, func, retry=retry, emits=emitted, requests=requested)
             return func
 
         return register
 
     def add_handler(
-        self, event_type: type[Event], func: HandlerFunc, *, retry: Retry | None = None
+        self,
+        event_type: type[Event],
+        func: HandlerFunc,
+        *,
+        retry: Retry | None = None,
+        emits: EventTypes | None = None,
+        requests: EventTypes | None = None,
     ) -> Handler:
         """Register ``func`` as the handler of ``event_type``; what ``@service.on`` does."""
         name = event_name_of(event_type)
@@ -153,9 +229,39 @@ class Service:
             )
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigurationError(f"retry must be a choreo.Retry, got {retry!r}")
-        handler = Handler(event_type, name, func, _takes_context(func, event_type), retry)
+        where = f"handler {getattr(func, '__qualname__', func)!r} for {event_type.__name__}"
+        handler = Handler(
+            event_type,
+            name,
+            func,
+            _takes_context(func, event_type),
+            retry,
+            emits=_event_types(where, "emits", emits),
+            requests=_event_types(where, "requests", requests),
+        )
         self._handlers[name] = handler
         return handler
+
+
+def _event_types(owner: str, option: str, values: object) -> tuple[type[Event], ...]:
+    """``values`` as a tuple of distinct ``Event`` subclasses, or a ``ConfigurationError``."""
+    if values is None:
+        return ()
+    if isinstance(values, type | str | bytes) or not isinstance(values, Iterable):
+        raise ConfigurationError(
+            f"{owner}: {option} must be a list of choreo.Event subclasses, got {values!r}"
+        )
+    found: list[type[Event]] = []
+    for value in values:
+        try:
+            event_name_of(value)
+        except ConfigurationError:
+            raise ConfigurationError(
+                f"{owner}: {option} must list choreo.Event subclasses, got {value!r}"
+            ) from None
+        if value not in found:
+            found.append(value)
+    return tuple(found)
 
 
 def _takes_context(func: Any, event_type: type[Event]) -> bool:

@@ -36,7 +36,7 @@ def db() -> sqlite3.Connection:
     return open_db("catalog", SCHEMA, SEED)
 
 
-@service.on(SkuProcessed)
+@service.on(SkuProcessed, requests=[GetAvailability])
 async def refresh_product(event: SkuProcessed, ctx: Context) -> None:
     reply = await ctx.request(GetAvailability(sku=event.sku), Availability, timeout=10.0)
     db().execute(

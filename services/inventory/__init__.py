@@ -67,7 +67,7 @@ def note(ctx: Context, sku: str, what: str) -> None:
     )
 
 
-@service.on(SkuReceived)
+@service.on(SkuReceived, emits=[SkuProcessed])
 async def record_stock(event: SkuReceived, ctx: Context) -> None:
     """Store the reported number (a repeated report changes nothing), then tell everyone."""
     conn = db()

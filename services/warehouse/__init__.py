@@ -2,6 +2,10 @@
 
 python -m services.warehouse feed services/warehouse/sample.csv [--broker URL]
 python -m services.warehouse feed --sku SKU-1 --quantity 5 [--warehouse north]
+
+The feed handles nothing, so it is not run with ``choreo run``; ``service`` declares what
+it publishes, so that ``choreo graph``/``check``/``asyncapi services.warehouse:service ...``
+see where ``sku_received`` comes from.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
-from choreo import Bus
+from choreo import Bus, Service
 
 from ..events import SkuReceived
 
 SAMPLE = Path(__file__).with_name("sample.csv")
+service = Service("warehouse", emits=[SkuReceived])
 
 
 def read_csv(path: Path) -> list[SkuReceived]:

@@ -44,7 +44,7 @@ def db() -> sqlite3.Connection:
     return open_db("wishlist", SCHEMA, SEED)
 
 
-@service.on(SkuProcessed)
+@service.on(SkuProcessed, requests=[GetAvailability])
 async def notify_wishers(event: SkuProcessed, ctx: Context) -> None:
     reply = await ctx.request(GetAvailability(sku=event.sku), Availability, timeout=10.0)
     correlation_id = ctx.correlation_id or ctx.message_id

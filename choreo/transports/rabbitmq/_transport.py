@@ -1,4 +1,4 @@
-"""RabbitMQ transport over aio-pika: the only module of choreo that imports aio-pika.
+"""The RabbitMQ transport.
 
 One robust connection per bus. Publishing uses one channel in publisher-confirm mode, so
 many concurrent publishes are pipelined on it and each returns when its own confirm comes
@@ -14,24 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
-    AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aio_pika.robust_connection import RobustConnection
-from yarl import URL
 
-from ..config import redact
-from ..errors import (
+from ...config import redact
+from ...errors import (
     ConfigurationError,
     ConnectionFailed,
     NoResponder,
@@ -39,119 +36,13 @@ from ..errors import (
     RequestTimeout,
     Unroutable,
 )
-from .base import FANOUT, Consumer, Delivery, Message, OnMessage, QueueSpec, Transport
+from ..base import FANOUT, Consumer, Delivery, Message, OnMessage, QueueSpec, Transport
+from ._consumer import IncomingDelivery, RabbitConsumer
+from ._wire import AMQP_ERRORS, REPLY_TO, FailoverConnection, from_incoming, properties
 
 __all__ = ["RabbitMQTransport"]
 
 log = logging.getLogger("choreo.rabbitmq")
-
-_PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
-_TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT
-REPLY_TO = "amq.rabbitmq.reply-to"
-_AMQP_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
-
-
-def _from_incoming(incoming: AbstractIncomingMessage) -> Message:
-    return Message(
-        body=incoming.body,
-        message_id=incoming.message_id,
-        type=incoming.type,
-        correlation_id=incoming.correlation_id,
-        content_type=incoming.content_type,
-        timestamp=int(incoming.timestamp.timestamp()) if incoming.timestamp else None,
-        headers=dict(incoming.headers),
-        reply_to=incoming.reply_to,
-    )
-
-
-def _to_outgoing(message: Message) -> aio_pika.Message:
-    return aio_pika.Message(
-        message.body,
-        headers=message.headers,
-        content_type=message.content_type,
-        delivery_mode=_PERSISTENT if message.persistent else _TRANSIENT,
-        correlation_id=message.correlation_id,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        reply_to=message.reply_to,
-        expiration=message.expiration,
-    )
-
-
-class _FailoverConnection(RobustConnection):
-    """A robust connection over the nodes of a cluster: each (re)connect attempt takes the
-    next URL, round robin. aio-pika's own takes one URL; this hooks its (private) connect
-    step, checked below at import time so an aio-pika upgrade cannot break it silently."""
-
-    def __init__(self, urls: list[str], **kwargs: Any) -> None:
-        self._urls = [_with_heartbeat(URL(url)) for url in urls]
-        self._turn = 0
-        kwargs.setdefault("reconnect_interval", 1.0)
-        super().__init__(self._urls[0], **kwargs)
-
-    async def _RobustConnection__connect_transport(self) -> None:
-        self.url = self._urls[self._turn % len(self._urls)]
-        self._turn += 1
-        await super()._RobustConnection__connect_transport()  # type: ignore[misc]
-
-
-if not hasattr(RobustConnection, "_RobustConnection__connect_transport"):  # pragma: no cover
-    raise ImportError("this aio-pika version has no RobustConnection.__connect_transport")
-
-DEFAULT_HEARTBEAT = 10  # seconds; a silent (black-holed) broker is noticed after ~3 of them
-
-
-def _with_heartbeat(url: URL) -> URL:
-    return url if "heartbeat" in url.query else url.update_query(heartbeat=DEFAULT_HEARTBEAT)
-
-
-class _RabbitDelivery(Delivery):
-    __slots__ = ("_incoming",)
-
-    def __init__(self, incoming: AbstractIncomingMessage) -> None:
-        message = _from_incoming(incoming)
-        super().__init__(
-            message, incoming.exchange or "", incoming.routing_key or "", bool(incoming.redelivered)
-        )
-        self._incoming = incoming
-
-    async def ack(self) -> None:
-        try:
-            await self._incoming.ack()
-        except _AMQP_ERRORS as exc:
-            # The channel is gone: the broker has already put the message back.
-            log.warning("ack of %s lost (%s); it will be redelivered", self.message.message_id, exc)
-
-    async def reject(self, requeue: bool) -> None:
-        try:
-            await self._incoming.reject(requeue=requeue)
-        except _AMQP_ERRORS as exc:
-            log.warning("reject of %s lost (%s)", self.message.message_id, exc)
-
-
-class _RabbitConsumer(Consumer):
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
-        self._channel = channel
-        self._queue = queue
-        self._tag: str | None = tag
-
-    async def cancel(self) -> None:
-        tag, self._tag = self._tag, None
-        if tag is None or self._channel.is_closed:
-            return
-        try:
-            await self._queue.cancel(tag)
-        except _AMQP_ERRORS as exc:
-            log.debug("cancel of consumer %s failed: %s", tag, exc)
-
-    async def close(self) -> None:
-        await self.cancel()
-        if not self._channel.is_closed:
-            try:
-                await self._channel.close()
-            except _AMQP_ERRORS as exc:
-                log.debug("closing a consumer channel failed: %s", exc)
 
 
 class RabbitMQTransport(Transport):
@@ -171,7 +62,6 @@ class RabbitMQTransport(Transport):
         self.publish_timeout = publish_timeout
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
         self._rpc_channel: AbstractChannel | None = None
         self._rpc_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[Message]] = {}
@@ -187,7 +77,7 @@ class RabbitMQTransport(Transport):
         for start in range(len(urls)):
             where = redact(urls[start])
             try:
-                connection = _FailoverConnection(
+                connection = FailoverConnection(
                     urls[start:] + urls[:start],
                     client_properties={"connection_name": self.connection_name},
                 )
@@ -200,7 +90,7 @@ class RabbitMQTransport(Transport):
             self._connection = connection
             try:
                 self._channel = await self._publish_channel()
-            except _AMQP_ERRORS as exc:
+            except AMQP_ERRORS as exc:
                 await self.close()
                 raise ConnectionFailed(f"cannot open a channel on {where}: {exc}") from exc
             return
@@ -214,7 +104,6 @@ class RabbitMQTransport(Transport):
     async def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         self._rpc_channel = None
-        self._exchanges.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionFailed("the bus was closed"))
@@ -232,9 +121,7 @@ class RabbitMQTransport(Transport):
 
     async def declare_exchange(self, name: str, kind: str = FANOUT) -> None:
         try:
-            self._exchanges[name] = await self.channel.declare_exchange(
-                name, aio_pika.ExchangeType(kind), durable=True
-            )
+            await self.channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigurationError(
                 f"exchange {name!r} exists with other settings: {exc}"
@@ -262,7 +149,7 @@ class RabbitMQTransport(Transport):
         channel before the next try: on RabbitMQ 3.10 a channel whose first publish met a
         quorum-queue leader election keeps being nacked.
         """
-        outgoing = _to_outgoing(message)
+        props = properties(message)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         last: BaseException | None = None
@@ -270,8 +157,14 @@ class RabbitMQTransport(Transport):
             channel = self.channel
             try:
                 async with asyncio.timeout(remaining):
-                    target = await self._exchange(channel, exchange)
-                    await target.publish(outgoing, routing_key, mandatory=mandatory)
+                    underlay = await channel.get_underlay_channel()
+                    await underlay.basic_publish(
+                        message.body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=props,
+                        mandatory=mandatory,
+                    )
                 return
             except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue was bound
                 raise Unroutable(f"no queue is bound for {routing_key or exchange!r}") from exc
@@ -285,7 +178,7 @@ class RabbitMQTransport(Transport):
                 if task is not None and task.cancelling():
                     raise
                 last = exc  # aiormq cancels in-flight publishes when it finds the peer dead
-            except _AMQP_ERRORS as exc:
+            except AMQP_ERRORS as exc:
                 last = exc
             await self._wait_connected(deadline)
         reason = f": {type(last).__name__}: {last}" if last else ""
@@ -294,25 +187,14 @@ class RabbitMQTransport(Transport):
             f"within {self.publish_timeout}s{reason}"
         )
 
-    async def _exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
-        found = self._exchanges.get(name)
-        if found is None:
-            found = self._exchanges[name] = (
-                channel.default_exchange
-                if name == ""
-                else await channel.get_exchange(name, ensure=False)
-            )
-        return found
-
     async def _reopen_publish_channel(self, failed: AbstractChannel) -> None:
         if self._channel is not failed or self._connection is None:
             return  # another publish reopened it already
-        self._exchanges.clear()
-        with contextlib.suppress(*_AMQP_ERRORS):
+        with contextlib.suppress(*AMQP_ERRORS):
             await failed.close()
         try:
             self._channel = await self._publish_channel()
-        except _AMQP_ERRORS as exc:
+        except AMQP_ERRORS as exc:
             log.warning("reopening the publish channel failed: %s", exc)
 
     async def _wait_connected(self, deadline: float) -> None:
@@ -349,7 +231,7 @@ class RabbitMQTransport(Transport):
                 incoming = await found.get(no_ack=False, fail=False)
                 if incoming is None:
                     break
-                deliveries.append(_RabbitDelivery(incoming))
+                deliveries.append(IncomingDelivery(incoming))
             yield deliveries
         finally:  # closing the channel returns what was not settled, in order
             if not channel.is_closed:
@@ -374,18 +256,24 @@ class RabbitMQTransport(Transport):
         key = message.message_id or ""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
-        outgoing = _to_outgoing(message)
-        outgoing.reply_to = REPLY_TO
-        outgoing.expiration = timeout  # a request nobody took in time is dropped by the broker
-        outgoing.delivery_mode = _TRANSIENT
+        # not persistent, and dropped by the broker when nobody took it in time
+        props = properties(
+            dataclasses.replace(message, reply_to=REPLY_TO, expiration=timeout, persistent=False)
+        )
         try:
             async with asyncio.timeout(timeout):
-                target = await channel.get_exchange(exchange, ensure=False)
+                underlay = await channel.get_underlay_channel()
                 try:
-                    await target.publish(outgoing, routing_key, mandatory=True)
+                    await underlay.basic_publish(
+                        message.body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=props,
+                        mandatory=True,
+                    )
                 except aiormq.exceptions.PublishError as exc:
                     raise NoResponder(f"nothing is bound for {routing_key!r}") from exc
-                except _AMQP_ERRORS as exc:
+                except AMQP_ERRORS as exc:
                     raise PublishError(f"could not send request {routing_key!r}: {exc}") from exc
                 return await future
         except TimeoutError:
@@ -410,25 +298,24 @@ class RabbitMQTransport(Transport):
     async def _on_reply(self, incoming: AbstractIncomingMessage) -> None:
         future = self._pending.get(incoming.correlation_id or "")
         if future is not None and not future.done():
-            future.set_result(_from_incoming(incoming))
+            future.set_result(from_incoming(incoming))
 
     async def consume(self, queue: str, on_message: OnMessage, prefetch: int) -> Consumer:
         channel = await self.channel_for_consumer(prefetch)
-
-        async def deliver(incoming: AbstractIncomingMessage) -> None:
-            await on_message(_RabbitDelivery(incoming))
-
+        consumer = RabbitConsumer(channel, queue, on_message)
         try:
-            found = await channel.declare_queue(queue, passive=True)
-            tag = await found.consume(deliver, no_ack=False)
+            await consumer.start()
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            await channel.close()
+            with contextlib.suppress(*AMQP_ERRORS):
+                await channel.close()
             raise ConfigurationError(f"cannot consume {queue!r}: no such queue") from exc
-        return _RabbitConsumer(channel, found, tag)
+        return consumer
 
-    async def channel_for_consumer(self, prefetch: int) -> AbstractChannel:
+    async def channel_for_consumer(self, prefetch: int) -> AbstractRobustChannel:
+        """A channel of its own, with ``prefetch``; reopened after a reconnect."""
         if self._connection is None:
             raise ConnectionFailed("the RabbitMQ transport is not connected")
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
+        assert isinstance(channel, AbstractRobustChannel)
         return channel

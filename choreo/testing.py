@@ -1,0 +1,168 @@
+"""``choreo.testing``: run your services in-process in your own tests, on a private
+in-memory broker, and see what they published::
+
+    from choreo.testing import harness
+
+    async def test_inventory_tells_everyone() -> None:
+        async with harness(inventory.service, catalog.service) as h:
+            await h.publish(SkuReceived(sku="A1", quantity=5, warehouse="north"))
+            await h.settle()                  # every handler done, every queue empty
+            assert h.published_by("inventory") == [SkuProcessed(sku="A1")]
+            assert await h.dead_letters("catalog") == []
+
+Each harness has its own ``memory://<uuid>`` broker, forgotten when the block ends, so
+tests never see each other's messages. What a handler publishes is told apart by the
+``x-choreo-source`` header its context adds; ``h.publish`` (or ``h.bus.publish``) has no
+source (``None``). Services that handle nothing (a feed that only emits) are accepted and
+not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from . import topology
+from .bus import Bus, connect
+from .context import SOURCE_HEADER
+from .dlq import DeadLetter, list_dead_letters
+from .errors import ChoreoError, ConfigurationError
+from .events import Event
+from .service import Service
+from .transports import memory
+
+__all__ = ["Harness", "NotSettled", "Published", "harness"]
+
+E = TypeVar("E", bound=Event)
+R = TypeVar("R", bound=Event)
+
+
+class NotSettled(ChoreoError):
+    """``settle()`` timed out; the message says what was still busy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One event published through the harness's bus, and who published it."""
+
+    source: str | None  # the service whose handler published it; None from outside
+    event: Event
+    message_id: str
+    correlation_id: str | None
+
+    @property
+    def name(self) -> str:
+        return type(self.event).__event_name__
+
+
+class Harness:
+    """Services running on a private in-memory broker; see :func:`harness`."""
+
+    def __init__(self, bus: Bus, broker_name: str, services: tuple[Service, ...]) -> None:
+        self.bus = bus
+        self.services = services
+        self.published: list[Published] = []
+        self._broker_name = broker_name
+        self._dlqs = {topology.dlq_name(bus.namespace, s.name) for s in services}
+        original = bus.publish
+
+        async def publish(event: Event, **options: Any) -> str:
+            message_id = await original(event, **options)
+            headers: Mapping[str, Any] = options.get("headers") or {}
+            source = headers.get(SOURCE_HEADER)
+            self.published.append(
+                Published(
+                    source if isinstance(source, str) else None,
+                    event,
+                    message_id,
+                    options.get("correlation_id"),
+                )
+            )
+            return message_id
+
+        bus.publish = publish  # type: ignore[method-assign]  # contexts publish through it
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Publish ``event`` from outside the services (recorded with source ``None``)."""
+        return await self.bus.publish(event, correlation_id=correlation_id, headers=headers)
+
+    async def request(self, request: Event, reply_type: type[R], *, timeout: float = 5.0) -> R:
+        """Ask the service that responds to ``request``, as ``bus.request`` does."""
+        return await self.bus.request(request, reply_type, timeout=timeout)
+
+    def published_by(self, source: str | None) -> list[Event]:
+        """The events ``source`` published (``None``: published from outside), in order."""
+        return [p.event for p in self.published if p.source == source]
+
+    def events(self, event_type: type[E]) -> list[E]:
+        """Every published event of ``event_type``, whoever published it, in order."""
+        return [p.event for p in self.published if isinstance(p.event, event_type)]
+
+    async def dead_letters(self, service: str) -> list[DeadLetter]:
+        """The dead letters of ``service`` (its ``.dlq`` queue), oldest first; they stay."""
+        return await list_dead_letters(self.bus, service, limit=10_000)
+
+    def busy(self) -> list[str]:
+        """What is still going on: handlers in flight, messages in queues (dead-letter
+        queues aside), requests waiting for their reply. Empty when all is quiet."""
+        busy = []
+        if self.bus.in_flight:
+            busy.append(f"{self.bus.in_flight} handler(s) in flight")
+        pending = self.bus.transport.pending_requests
+        if pending:
+            busy.append(f"{pending} request(s) waiting for a reply")
+        broker = memory.broker(self._broker_name)
+        for queue in sorted(broker.queues):
+            if queue in self._dlqs:
+                continue
+            ready, unsettled = broker.depth(queue), broker.unsettled(queue)
+            if ready or unsettled:
+                busy.append(f"queue {queue!r} holds {ready} ready, {unsettled} unsettled")
+        return busy
+
+    async def settle(self, timeout: float = 5.0, *, quiet_checks: int = 3) -> None:
+        """Wait until no handler runs and every queue is empty (dead-letter queues aside),
+        seen ``quiet_checks`` times in a row; ``NotSettled`` after ``timeout`` seconds,
+        naming what is still busy (a handler that never returns, a long broker retry)."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < quiet_checks:
+            busy = self.busy()
+            quiet = 0 if busy else quiet + 1
+            if busy and time.monotonic() >= deadline:
+                raise NotSettled(f"not settled after {timeout}s: {'; '.join(busy)}")
+            await asyncio.sleep(0.002 if not busy else 0.01)
+
+
+@contextlib.asynccontextmanager
+async def harness(
+    *services: Service, namespace: str = "", **connect_options: Any
+) -> AsyncIterator[Harness]:
+    """Start ``services`` on a new private ``memory://`` broker; stop them and forget the
+    broker when the block ends. ``connect_options`` go to :func:`choreo.connect`
+    (``retry=``, ``on_unroutable=``, ...)."""
+    for service in services:
+        if not isinstance(service, Service):
+            raise ConfigurationError(f"harness() takes Service objects, got {service!r}")
+    name = f"choreo-testing-{uuid.uuid4().hex}"
+    bus = connect(f"memory://{name}", namespace=namespace, **connect_options)
+    try:
+        async with bus:
+            h = Harness(bus, name, services)
+            running = [s for s in services if s.handlers or s.responders]
+            if running:
+                await bus.start(*running)
+            yield h
+    finally:
+        getattr(memory, "_brokers", {}).pop(name, None)
