@@ -8,7 +8,8 @@ Errors (the choreography cannot work as declared):
 * one event name is declared with incompatible schemas (their pydantic JSON schemas differ,
   titles and descriptions aside)
 
-Warnings: an event emitted that nobody consumes, a request answered that nobody sends.
+Warnings: an event emitted that nobody consumes, a request answered that nobody sends, an
+external name that none of the services uses (a typo?).
 Names given as ``external`` cross the boundary of the given services (a feed without
 choreo, a consumer elsewhere): neither a missing emitter nor a missing consumer is reported.
 """
@@ -95,6 +96,11 @@ def check(graph: Choreography, external: Iterable[str] = ()) -> list[Problem]:
                 )
             )
     errors.extend(_schema_conflicts(graph))
+    used = {use.name for use in graph.uses}
+    for name in sorted(outside - used):
+        warnings.append(
+            Problem("warning", f"--external {name}: none of the given services uses {name!r}")
+        )
     return errors + warnings
 
 
@@ -111,7 +117,8 @@ def _schema_conflicts(graph: Choreography) -> list[Problem]:
         if len(schemas) < 2:
             continue
         groups = [
-            f"{qualname(types[0])} ({_where(graph, name, types)})" for types in schemas.values()
+            f"{', '.join(map(qualname, types))} ({_where(graph, name, types)})"
+            for types in schemas.values()
         ]
         first, *others = (comparable_schema(types[0]) for types in schemas.values())
         fields = sorted({f for other in others for f in _differing_fields(first, other)})

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Annotated, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import typer
 
-from . import __version__, config, dlq
+from . import __version__, cli_tools, config, dlq
 from .bus import DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, Bus, connect
-from .errors import ChoreoError, ConfigurationError
+from .cli_support import BrokerOption, DebugOption, NamespaceOption
+from .cli_support import errors as _errors
+from .cli_support import fail as _fail
 from .loader import load_service
 from .service import Service
 
@@ -31,26 +32,6 @@ app = typer.Typer(
 log = logging.getLogger("choreo")
 T = TypeVar("T")
 
-BrokerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--broker",
-        envvar="CHOREO_BROKER_URL",
-        help="Broker URL: amqp://user:pass@host:5672/vhost or memory:// "
-        f"[default: {config.DEFAULT_BROKER_URL}]",
-        show_default=False,
-    ),
-]
-NamespaceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--namespace",
-        envvar="CHOREO_NAMESPACE",
-        help="Prefix of every exchange and queue name (NS.event, NS.service).",
-        show_default=False,
-    ),
-]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -66,26 +47,6 @@ def _root(
     ] = False,
 ) -> None:
     """Event-driven choreography between microservices over RabbitMQ."""
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"choreo: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _errors(debug: bool) -> Iterator[None]:
-    """choreo's errors as one line on stderr: exit 2 for configuration, 1 otherwise."""
-    try:
-        yield
-    except ConfigurationError as exc:
-        if debug:
-            raise
-        _fail(str(exc), 2)
-    except ChoreoError as exc:
-        if debug:
-            raise
-        _fail(str(exc), 1)
 
 
 def _setup_logging(level: str) -> int:
@@ -143,7 +104,9 @@ def run(
             child_args += ["--namespace", namespace] if namespace is not None else []
             env = {"CHOREO_BROKER_URL": broker} if broker else {}
             raise typer.Exit(supervise(child_args, workers, env))
-        asyncio.run(_run(services, broker, namespace, prefetch, concurrency, shutdown_timeout))
+        from . import runner
+
+        runner.run(_run(services, broker, namespace, prefetch, concurrency, shutdown_timeout))
 
 
 async def _run(
@@ -214,7 +177,6 @@ dlq_app = typer.Typer(
 )
 app.add_typer(dlq_app, name="dlq")
 ServiceArgument = Annotated[str, typer.Argument(help="Service name, e.g. catalog.")]
-DebugOption = Annotated[bool, typer.Option(help="Show tracebacks of errors.")]
 
 
 def _with_bus(broker: str | None, namespace: str | None, work: Callable[[Bus], Awaitable[T]]) -> T:
@@ -292,6 +254,9 @@ def dlq_purge(
     with _errors(debug):
         count = _with_bus(broker, namespace, lambda bus: dlq.purge(bus, service))
     typer.echo(f"purged {count} dead letter(s) of {service}")
+
+
+cli_tools.register(app)  # graph, check, asyncapi, publish
 
 
 def main() -> None:
