@@ -151,11 +151,13 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     """Start ``services`` on a new private ``memory://`` broker; stop them and forget the
     broker when the block ends. ``connect_options`` go to :func:`choreo.connect`
-    (``retry=``, ``on_unroutable=``, ...)."""
+    (``retry=``, ``on_unroutable=``, ...); ``shutdown_timeout`` defaults to 5 s here, so a
+    handler stuck at the end of a test holds it up 5 s at most."""
     for service in services:
         if not isinstance(service, Service):
             raise ConfigurationError(f"harness() takes Service objects, got {service!r}")
     name = f"choreo-testing-{uuid.uuid4().hex}"
+    connect_options.setdefault("shutdown_timeout", 5.0)
     bus = connect(f"memory://{name}", namespace=namespace, **connect_options)
     try:
         async with bus:
