@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BROKER ?= memory://
 COMPOSE ?= docker compose
 
-.PHONY: test lint typecheck pytest demo up down bench clean
+.PHONY: test lint typecheck pytest demo up down bench bench-all clean
 
 test: lint typecheck pytest
 
@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check choreo services tests
-	$(BIN)/ruff format --check choreo services tests
+	$(BIN)/ruff check choreo services tests bench
+	$(BIN)/ruff format --check choreo services tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict choreo
@@ -37,8 +37,15 @@ up:
 down:
 	$(COMPOSE) down -v
 
+# Figures, not asserts: see bench/README.md. Needs RabbitMQ (CHOREO_BENCH_URL).
 bench: $(STAMP)
-	@echo "Benchmarks land with issue #6 (bench/)." >&2; exit 1
+	$(BIN)/python -m bench.fanout --n 20000 --runs 3 --json bench/last-fanout.json
+
+bench-all: bench
+	$(BIN)/python -m bench.fanout --n 20000 --runs 3 --variant split
+	$(BIN)/python -m bench.fanout --n 20000 --runs 3 --variant backlog
+	$(BIN)/python -m bench.rpc --n 5000 --runs 3
+	$(BIN)/python -m bench.workers --n 4000 --runs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

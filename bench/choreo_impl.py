@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-from choreo import Event, Service, connect
+from choreo import Bus, Event, Service, connect
 
-from .common import (
-    BATCH,
-    PREFETCH,
-    SERVICES,
-    Recorder,
-    Result,
-    check_and_delete,
-    cpu_seconds,
-    payload,
-    summarize,
-)
+from .common import BATCH, PREFETCH, SERVICES, Recorder, payload
 
 
 class SkuReceived(Event):
@@ -27,10 +16,8 @@ class SkuReceived(Event):
     sent_at: float
 
 
-async def run(url: str, n: int, namespace: str) -> Result:
-    rec = Recorder(expected=len(SERVICES) * n)
-    done = asyncio.Event()
-    services = []
+def services(rec: Recorder, done: asyncio.Event) -> list[Service]:
+    made = []
     for name in SERVICES:
         service = Service(name, prefetch=PREFETCH, concurrency=PREFETCH)
 
@@ -40,25 +27,42 @@ async def run(url: str, n: int, namespace: str) -> Result:
             if rec.done:
                 done.set()
 
-        services.append(service)
+        made.append(service)
+    return made
 
-    bus = await connect(url, namespace=namespace, connection_name="bench choreo")
-    await bus.start(*services)
-    cpu0 = cpu_seconds()
-    t0 = time.perf_counter()
-    for start in range(0, n, BATCH):
-        await asyncio.gather(
-            *(
-                bus.publish(SkuReceived(**payload(i)))  # type: ignore[arg-type]
-                for i in range(start, min(n, start + BATCH))
+
+class Choreo:
+    """One side of the workload (publisher, consumers or both) on its own bus."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.bus: Bus | None = None
+
+    async def open(self) -> None:
+        self.bus = await connect(self.url, namespace=self.namespace, connection_name="bench")
+
+    async def declare(self) -> None:
+        assert self.bus is not None
+        await self.bus.declare(*services(Recorder(0), asyncio.Event()))
+
+    async def consume(self, rec: Recorder, done: asyncio.Event) -> None:
+        assert self.bus is not None
+        await self.bus.start(*services(rec, done))
+
+    async def publish(self, n: int) -> None:
+        assert self.bus is not None
+        await self.declare()
+        for start in range(0, n, BATCH):
+            await asyncio.gather(
+                *(
+                    self.bus.publish(SkuReceived(**payload(i)))  # type: ignore[arg-type]
+                    for i in range(start, min(n, start + BATCH))
+                )
             )
-        )
-    t_published = time.perf_counter()
-    await asyncio.wait_for(done.wait(), timeout=600)
-    cpu = cpu_seconds() - cpu0
-    result = summarize("choreo", n, rec, t0, t_published, cpu)
-    queues, exchanges = sorted(bus.declared_queues), sorted(bus.declared_exchanges)
-    await bus.close()
-    left = await check_and_delete(url, queues, exchanges)
-    assert not any(left.values()), f"messages left behind: {left}"
-    return result
+
+    async def close(self) -> tuple[list[str], list[str]]:
+        assert self.bus is not None
+        names = sorted(self.bus.declared_queues), sorted(self.bus.declared_exchanges)
+        await self.bus.close()
+        return names
