@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from .errors import (
     Unroutable,
 )
 from .events import Event, encode, event_name_of
+from .observe import Observer
 from .responder import ERROR_TYPE, Responder
 from .retry import DEFAULT_RETRY, Retry
 from .service import Service
@@ -64,6 +66,7 @@ def connect(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     publish_timeout: float = 30.0,
     connection_name: str | None = None,
+    observer: Observer | None = None,
 ) -> Bus:
     """A bus for the broker at ``url``: ``amqp://...``, ``amqps://...`` or ``memory://[NAME]``.
 
@@ -75,7 +78,8 @@ def connect(
     tries the next one. ``prefetch``, ``concurrency``, ``retry`` and ``queue_type``
     (``"classic"`` or ``"quorum"``) are defaults for services that do not set their own.
     ``on_unroutable``: ``"warn"`` logs, ``"raise"`` raises ``Unroutable`` when an event is
-    published to an exchange no queue is bound to. A consumed body over
+    published to an exchange no queue is bound to. ``observer`` (default: one log line per
+    handled message) is told of every handled message and publish. A consumed body over
     ``max_message_size`` bytes is dead-lettered. ``publish_timeout``: how long a publish may
     wait for its confirm, reconnections included, before ``PublishError``.
     """
@@ -91,6 +95,7 @@ def connect(
         queue_type=queue_type,
         on_unroutable=on_unroutable,
         max_message_size=max_message_size,
+        observer=observer,
     )
 
 
@@ -141,6 +146,7 @@ class Bus:
         queue_type: str = "classic",
         on_unroutable: str = "warn",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        observer: Observer | None = None,
     ) -> None:
         for option, value in (
             ("prefetch", prefetch),
@@ -165,6 +171,7 @@ class Bus:
         self.queue_type = queue_type
         self.on_unroutable = on_unroutable
         self.max_message_size = max_message_size
+        self.observer = observer or Observer()
         self.declared_exchanges: set[str] = set()
         self.declared_queues: set[str] = set()
         self._exchanges_ready: dict[str, asyncio.Future[None]] = {}
@@ -227,8 +234,10 @@ class Bus:
         exchange = topology.exchange_name(self.namespace, type(event).__event_name__)
         if exchange not in self.declared_exchanges:
             await self._ensure_exchange(exchange, FANOUT)
+        started = time.perf_counter()
         try:
             await self.transport.publish(message, exchange, mandatory=True)
+            self.observer.published(type(event).__event_name__, time.perf_counter() - started)
         except Unroutable:
             if self.on_unroutable == "raise":
                 raise Unroutable(
@@ -428,6 +437,15 @@ class Bus:
             for signum in installed:
                 loop.remove_signal_handler(signum)
             await asyncio.shield(self.stop())
+
+    @property
+    def healthy(self) -> bool:
+        """Connected to the broker and consuming (what ``/healthz`` reports)."""
+        return self._connected and bool(self._running) and self.transport.connected
+
+    def in_flight_of(self, service: str) -> int:
+        """Deliveries of ``service`` being handled right now."""
+        return sum(len(item.consumer.tasks) for item in self._running.get(service, ()))
 
     @property
     def in_flight(self) -> int:

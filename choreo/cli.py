@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -17,6 +17,9 @@ from .cli_support import errors as _errors
 from .cli_support import fail as _fail
 from .loader import load_service
 from .service import Service
+
+if TYPE_CHECKING:
+    from .metrics import PrometheusObserver
 
 __all__ = ["app", "main"]
 
@@ -49,15 +52,20 @@ def _root(
     """Event-driven choreography between microservices over RabbitMQ."""
 
 
-def _setup_logging(level: str) -> int:
+def _setup_logging(level: str, log_format: str = "text") -> int:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         _fail(f"unknown log level {level!r}: use DEBUG, INFO, WARNING or ERROR", 2)
-    logging.basicConfig(
-        level=numeric,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if log_format not in ("text", "json"):
+        _fail(f"unknown log format {log_format!r}: use text or json", 2)
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from .observe import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=numeric, handlers=[handler])
     return numeric
 
 
@@ -81,6 +89,19 @@ def run(
         float, typer.Option(min=0, help="Seconds to let handlers finish on SIGINT/SIGTERM.")
     ] = 30.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(help="text, or json for one JSON object per line.")
+    ] = "text",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Serve /metrics (Prometheus) and /healthz on this port; needs choreo[metrics]. "
+            "With --workers N, worker k uses PORT+k.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "0.0.0.0",
     workers: Annotated[
         int, typer.Option(min=1, help="Worker processes sharing the queues (competing consumers).")
     ] = 1,
@@ -91,8 +112,10 @@ def run(
     Example: choreo run services.catalog:service services.wishlist:service --prefetch 128
 
     A service's own Service(prefetch=..., concurrency=...) takes precedence over the options.
+    One log line per handled event (service, event, message id, correlation id, attempt,
+    outcome, duration) at INFO; --log-level warning hides them.
     """
-    debug = debug or _setup_logging(log_level) <= logging.DEBUG
+    debug = debug or _setup_logging(log_level, log_format) <= logging.DEBUG
     with _errors(debug):
         services = [load_service(target) for target in targets]  # fail here, not N times
         if workers > 1:
@@ -100,35 +123,47 @@ def run(
 
             child_args = [*targets, "--prefetch", str(prefetch), "--concurrency", str(concurrency)]
             child_args += ["--shutdown-timeout", str(shutdown_timeout), "--log-level", log_level]
+            child_args += ["--log-format", log_format, "--metrics-host", metrics_host]
             child_args += ["--debug"] if debug else []
             child_args += ["--namespace", namespace] if namespace is not None else []
             env = {"CHOREO_BROKER_URL": broker} if broker else {}
-            raise typer.Exit(supervise(child_args, workers, env))
+            raise typer.Exit(supervise(child_args, workers, env, metrics_port))
         from . import runner
 
-        runner.run(_run(services, broker, namespace, prefetch, concurrency, shutdown_timeout))
+        observer = None
+        if metrics_port is not None:
+            from .metrics import PrometheusObserver
+
+            observer = PrometheusObserver()
+        bus = connect(
+            broker,
+            namespace=namespace,
+            prefetch=prefetch,
+            concurrency=concurrency,
+            shutdown_timeout=shutdown_timeout,
+            connection_name=f"choreo run {','.join(s.name for s in services)}",
+            observer=observer,
+        )
+        runner.run(_run(bus, services, observer, metrics_host, metrics_port))
 
 
 async def _run(
+    bus: Bus,
     services: list[Service],
-    broker: str | None,
-    namespace: str | None,
-    prefetch: int,
-    concurrency: int,
-    shutdown_timeout: float,
+    observer: PrometheusObserver | None,
+    metrics_host: str,
+    metrics_port: int | None,
 ) -> None:
-    names = ",".join(s.name for s in services)
-    bus = connect(
-        broker,
-        namespace=namespace,
-        prefetch=prefetch,
-        concurrency=concurrency,
-        shutdown_timeout=shutdown_timeout,
-        connection_name=f"choreo run {names}",
-    )
     async with bus:
         log.info("connected to %s (namespace %r)", config.redact(bus.url), bus.namespace)
-        await bus.run(*services)
+        if observer is None or metrics_port is None:
+            await bus.run(*services)
+            return
+        from .metrics import serve
+
+        async with serve(bus, observer, metrics_host, metrics_port) as port:
+            log.info("serving /metrics and /healthz on %s:%d", metrics_host, port)
+            await bus.run(*services)
 
 
 @app.command()

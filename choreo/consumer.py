@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -73,7 +74,18 @@ class QueueWorker:
                 if self.stopping:
                     await delivery.reject(requeue=True)
                     return
-                await self._process(delivery)
+                started = time.perf_counter()
+                outcome, event_name, attempt = await self._process(delivery)
+                message = delivery.message
+                self.bus.observer.handled(
+                    self.service.name,
+                    event_name,
+                    outcome,
+                    time.perf_counter() - started,
+                    attempt,
+                    message.message_id,
+                    message.correlation_id,
+                )
         except asyncio.CancelledError:
             await delivery.reject(requeue=True)  # stopped past the timeout: hand it back
             raise
@@ -101,7 +113,8 @@ class QueueWorker:
             )
         return not late
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery) -> tuple[str, str | None, int]:
+        """Handle and settle ``delivery``; return (outcome, event name, last attempt)."""
         raise NotImplementedError
 
     @staticmethod
@@ -201,7 +214,7 @@ class ServiceConsumer(QueueWorker):
         self._queue_type = queue_type
         self._retry_queues: set[str] = set()
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery) -> tuple[str, str | None, int]:
         message = delivery.message
         handler = None
         try:
@@ -211,21 +224,22 @@ class ServiceConsumer(QueueWorker):
         except Poison as poison:
             event_name = handler.event_name if handler else message.type
             await self._dead_letter(delivery, poison.kind, str(poison), 0, event_name, "")
-            return
+            return "poison", event_name, 0
         ctx = self._context(handler, delivery)
         attempt = message.headers.get(ATTEMPT_HEADER)
         if isinstance(attempt, int) and attempt > 1:
             ctx.attempt = attempt
         retry = handler.retry or self._retry
         give_up: tuple[type[BaseException], ...] = (Reject, *retry.give_up_on)
+        name = handler.event_name
         try:
             await self._run(handler, event, ctx, retry, give_up)
         except _RetryLater as later:
             await self._retry_through_broker(delivery, handler, ctx.attempt + 1, retry, later)
+            return "retry", name, ctx.attempt
         except Reject as exc:
-            await self._dead_letter(
-                delivery, "Reject", exc.reason, ctx.attempt, handler.event_name, ""
-            )
+            await self._dead_letter(delivery, "Reject", exc.reason, ctx.attempt, name, "")
+            return "dead-lettered", name, ctx.attempt
         except Exception as exc:
             if self.stopping and ctx.attempt < retry.attempts and not isinstance(exc, give_up):
                 # shutting down with attempts left: another process, or the next start, retries
@@ -235,17 +249,18 @@ class ServiceConsumer(QueueWorker):
                     handler.event_name,
                 )
                 await delivery.reject(requeue=True)
-                return
+                return "requeued", name, ctx.attempt
             await self._dead_letter(
                 delivery,
                 _qualname(type(exc)),
                 str(exc),
                 ctx.attempt,
-                handler.event_name,
+                name,
                 format_traceback(exc),
             )
-        else:
-            await delivery.ack()
+            return "dead-lettered", name, ctx.attempt
+        await delivery.ack()
+        return "ok", name, ctx.attempt
 
     def _handler_for(self, delivery: Delivery) -> Handler:
         kind = delivery.message.type

@@ -59,14 +59,14 @@ class Responder(QueueWorker):
         super().__init__(bus, service, queue=queue, dlq=dlq, concurrency=concurrency)
         self._by_name = dict(service.responders)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery) -> tuple[str, str | None, int]:
         request = delivery.message
         name = request.type or delivery.routing_key
         if not request.reply_to:
             await self._dead_letter(
                 delivery, "NoReplyTo", "a request without reply_to cannot be answered", 0, name, ""
             )
-            return
+            return "poison", name, 0
         handler = self._by_name.get(name)
         if handler is None:
             reply = error_reply(
@@ -82,6 +82,7 @@ class Responder(QueueWorker):
         except ChoreoError as exc:  # the requester will time out; the request is answered
             log.warning("%s: reply to %s not sent: %s", self.service.name, name, exc)
         await delivery.ack()
+        return ("error" if reply.type == ERROR_TYPE else "ok"), name, 1
 
     async def _answer(self, handler: Handler, delivery: Delivery) -> Message:
         request = delivery.message

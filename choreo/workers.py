@@ -21,14 +21,23 @@ __all__ = ["supervise"]
 log = logging.getLogger("choreo.workers")
 
 
-def supervise(child_args: list[str], workers: int, env: dict[str, str] | None = None) -> int:
+def supervise(
+    child_args: list[str],
+    workers: int,
+    env: dict[str, str] | None = None,
+    metrics_port: int | None = None,
+) -> int:
     """Run ``choreo run *child_args`` ``workers`` times; return the exit code for the parent.
 
     ``env`` is added to the children's environment (the broker URL goes there, not in
-    argv, where ``ps`` would show its password)."""
+    argv, where ``ps`` would show its password). Worker ``k`` serves its metrics on
+    ``metrics_port + k``."""
     command = [sys.executable, "-m", "choreo", "run", *child_args]
     environment = {**os.environ, **(env or {})}
-    children = [subprocess.Popen(command, env=environment) for _ in range(workers)]
+    children = []
+    for k in range(workers):
+        port = [] if metrics_port is None else ["--metrics-port", str(metrics_port + k)]
+        children.append(subprocess.Popen([*command, *port], env=environment))
     log.info("started %d workers: %s", workers, ", ".join(str(c.pid) for c in children))
     stopping = False
 

@@ -67,6 +67,11 @@ class RabbitMQTransport(Transport):
         self._pending: dict[str, asyncio.Future[Message]] = {}
 
     @property
+    def connected(self) -> bool:
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+    @property
     def pending_requests(self) -> int:
         return len(self._pending)
 
