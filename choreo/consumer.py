@@ -138,6 +138,7 @@ class QueueWorker:
             message_id=message.message_id,
             correlation_id=message.correlation_id,
             headers=message.headers,
+            owner=self.service,
         )
 
     @staticmethod

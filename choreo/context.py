@@ -10,6 +10,7 @@ same, with one warning per service and name in the process: declarations are wha
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +29,10 @@ R = TypeVar("R", bound=Event)
 SOURCE_HEADER = "x-choreo-source"
 
 _warned: set[tuple[str, str, str]] = set()  # (what, service, name): warn once per process
+# per service, (what, handler's event, name) already found declared: no check next time
+_checked: weakref.WeakKeyDictionary[Service, set[tuple[str, str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class Context:
@@ -40,6 +45,7 @@ class Context:
 
     __slots__ = (
         "_bus",
+        "_owner",
         "attempt",
         "causation_id",
         "correlation_id",
@@ -59,8 +65,10 @@ class Context:
         correlation_id: str | None,
         headers: Mapping[str, Any],
         attempt: int = 1,
+        owner: Service | None = None,
     ) -> None:
         self._bus = bus
+        self._owner = owner  # the Service whose declarations ctx.publish checks
         self.service = service
         self.event_name = event_name
         self.message_id = message_id
@@ -120,17 +128,20 @@ class Context:
         if not isinstance(event, Event):
             return  # the bus says what is wrong with it
         name = type(event).__event_name__
-        key = (what, self.service, name)
-        if key in _warned:
-            return
-        service = self._running_service()
+        service = self._owner
         if service is None:
+            return
+        checked = (what, self.event_name, name)
+        done = _checked.setdefault(service, set())
+        key = (what, self.service, name)
+        if checked in done or key in _warned:
             return
         if what == "emits":
             declared = service.may_emit(name, self.event_name)
         else:
             declared = service.may_request(name, self.event_name)
         if declared:
+            done.add(checked)
             return
         _warned.add(key)
         log.warning(
@@ -144,15 +155,3 @@ class Context:
             self.service,
             self.event_name,
         )
-
-    def _running_service(self) -> Service | None:
-        """The ``Service`` this context's bus runs under ``self.service``, if it runs one."""
-        from .service import Service
-
-        running = getattr(self._bus, "_running", None)
-        items = running.get(self.service, ()) if isinstance(running, dict) else ()
-        for item in items:
-            service = getattr(getattr(item, "consumer", None), "service", None)
-            if isinstance(service, Service):
-                return service
-        return None
