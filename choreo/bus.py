@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from . import config, topology
+from . import config, topology, tracing
 from .consumer import QueueWorker, ServiceConsumer
 from .errors import (
     ChoreoError,
@@ -231,6 +231,8 @@ class Bus:
         message = encode(
             event, correlation_id=correlation_id, causation_id=causation_id, headers=headers
         )
+        if tracing.ENABLED:
+            tracing.inject(message.headers)
         exchange = topology.exchange_name(self.namespace, type(event).__event_name__)
         if exchange not in self.declared_exchanges:
             await self._ensure_exchange(exchange, FANOUT)
@@ -275,6 +277,8 @@ class Bus:
         message = encode(
             request, correlation_id=correlation_id, causation_id=causation_id, headers=headers
         )
+        if tracing.ENABLED:
+            tracing.inject(message.headers)
         name = type(request).__event_name__
         exchange = topology.requests_exchange_name(self.namespace)
         if exchange not in self.declared_exchanges:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from . import topology
+from . import topology, tracing
 from .context import Context
 from .deadletter import EVENT_HEADER, dead_letter, format_traceback
 from .errors import ChoreoError, Reject
@@ -234,7 +234,11 @@ class ServiceConsumer(QueueWorker):
         give_up: tuple[type[BaseException], ...] = (Reject, *retry.give_up_on)
         name = handler.event_name
         try:
-            await self._run(handler, event, ctx, retry, give_up)
+            if tracing.ENABLED:
+                with tracing.handling(message.headers, self.service.name, name):
+                    await self._run(handler, event, ctx, retry, give_up)
+            else:
+                await self._run(handler, event, ctx, retry, give_up)
         except _RetryLater as later:
             await self._retry_through_broker(delivery, handler, ctx.attempt + 1, retry, later)
             return "retry", name, ctx.attempt

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from . import tracing
 from .consumer import Poison, QueueWorker
 from .errors import ChoreoError
 from .events import CAUSATION_HEADER, CONTENT_TYPE, Event, encode
@@ -91,7 +92,8 @@ class Responder(QueueWorker):
         except Poison as poison:
             return error_reply(request, self.service.name, poison.kind, str(poison))
         try:
-            result = await self._call(handler, query, self._context(handler, delivery))
+            with tracing.handling(request.headers, self.service.name, handler.event_name):
+                result = await self._call(handler, query, self._context(handler, delivery))
             if not isinstance(result, Event):
                 raise TypeError(
                     f"responder {handler.qualname} returned {type(result).__name__}, not an Event"
