@@ -14,6 +14,7 @@ import aio_pika
 import pytest
 
 from choreo import ConfigurationError, ConnectionFailed, Context, Event, Service, connect
+from choreo.transports.base import Delivery, Message, QueueSpec
 
 from .conftest import Buses
 from .helpers import Recorder
@@ -173,3 +174,30 @@ async def test_queue_declared_elsewhere_with_other_settings_is_a_configuration_e
             await bus.start(service)
     finally:
         await connection.close()
+
+
+async def test_settling_a_delivery_twice_keeps_the_channel_alive(make_bus: Buses) -> None:
+    """ack then reject (a handler cancelled after its ack): the second settle is ignored,
+    the message is not requeued, and the consumer's channel goes on delivering."""
+    bus = await make_bus()
+    queue = f"{bus.namespace}.twice"
+    await bus.transport.declare_queue(QueueSpec(queue))
+    bus.declared_queues.add(queue)
+    seen = Recorder()
+
+    async def settle_twice(delivery: Delivery) -> None:
+        seen.add(delivery.message.body)
+        await delivery.ack()
+        await delivery.reject(requeue=True)
+
+    consumer = await bus.transport.consume(queue, settle_twice, prefetch=10)
+    try:
+        await bus.transport.publish(Message(body=b"first"), "", queue)
+        await seen.wait_for(1)
+        await bus.transport.publish(Message(body=b"second"), "", queue)
+        assert await seen.wait_for(2) == [b"first", b"second"]
+        await asyncio.sleep(0.3)  # room for a wrongly requeued "first" to come back
+        assert seen.items == [b"first", b"second"]
+    finally:
+        await consumer.close()
+    assert await bus.transport.queue_size(queue) == 0

@@ -48,15 +48,19 @@ class _Acks:
         self._settled.clear()
         self._upto = 0
 
+    def _settled_already(self, tag: int) -> bool:
+        """Settling a tag twice would close the channel (PRECONDITION_FAILED)."""
+        return tag <= self._upto or tag in self._done or tag in self._settled
+
     def ack(self, channel: Underlay, tag: int) -> None:
-        if channel is not self.channel:
+        if channel is not self.channel or self._settled_already(tag):
             return  # a tag of a channel that is gone: the broker redelivers the message
         self._done.add(tag)
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def reject(self, channel: Underlay, tag: int, requeue: bool) -> None:
-        if channel is not self.channel or channel.is_closed:
+        if channel is not self.channel or channel.is_closed or self._settled_already(tag):
             return
         self._settled.add(tag)
         try:
