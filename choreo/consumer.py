@@ -37,6 +37,8 @@ __all__ = ["Poison", "QueueWorker", "ServiceConsumer"]
 
 log = logging.getLogger("choreo.consumer")
 
+DEAD_LETTER_BACKOFF = 1.0  # seconds before a message that could not be dead-lettered returns
+
 
 class Poison(ChoreoError):
     """Input that no retry can fix; dead-lettered at once."""
@@ -165,15 +167,17 @@ class QueueWorker:
             event=event_name,
             traceback_text=traceback_text,
         )
-        try:
-            await self.bus.transport.publish(copy, "", self.dlq)
+        try:  # mandatory: a DLQ that is gone must not swallow the message
+            await self.bus.transport.publish(copy, "", self.dlq, mandatory=True)
         except ChoreoError as exc:
             log.error(
-                "%s: could not dead-letter message %s (%s); it goes back to the queue",
+                "%s: could not dead-letter message %s (%s); it goes back to the queue in %g s",
                 self.service.name,
                 delivery.message.message_id,
                 exc,
+                DEAD_LETTER_BACKOFF,
             )
+            await asyncio.sleep(DEAD_LETTER_BACKOFF)  # no tight redelivery loop meanwhile
             await delivery.reject(requeue=True)
             return
         await delivery.ack()

@@ -10,9 +10,10 @@ import pytest
 
 from choreo import Bus, Context, Event, Retry, Service, Unroutable
 from choreo import dlq as dlq_tools
+from choreo.transports import memory
 from choreo.transports.base import Message
 
-from .conftest import Buses
+from .conftest import Buses, delete_on_rabbitmq
 from .helpers import Recorder, drain_queue, ready_count
 
 
@@ -126,6 +127,24 @@ class TestLimitsAndRouting:
         bus = await make_bus(on_unroutable="raise")
         with pytest.raises(Unroutable, match="nobody consumes 'sku_processed'"):
             await bus.publish(SkuProcessed(sku="A1"))
+
+
+class TestNothingLost:
+    async def test_message_is_kept_when_its_dlq_is_gone(self, make_bus: Buses) -> None:
+        """A dead letter that no queue takes (the DLQ was deleted) is not dropped: the
+        message goes back to the service queue."""
+        calls = Recorder()
+        bus = await make_bus()
+        await bus.start(failing_service(calls, Retry(attempts=1)))
+        dlq = f"{bus.namespace}.catalog.dlq"
+        if bus.url.startswith("memory"):
+            memory.broker(bus.url.removeprefix("memory://")).queues.pop(dlq)
+        else:
+            await delete_on_rabbitmq(bus.url, {dlq}, set())
+        await bus.publish(SkuProcessed(sku="A1"))
+        await calls.wait_for(1)
+        await bus.stop()
+        assert await ready_count(bus, f"{bus.namespace}.catalog") == 1
 
 
 class TestDeadLetterTools:

@@ -24,6 +24,7 @@ from aiormq.abc import AbstractChannel as Underlay
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
+from ...errors import ConnectionFailed
 from ..base import Consumer, Delivery, OnMessage
 from ._wire import AMQP_ERRORS, from_delivered, from_incoming
 
@@ -141,10 +142,16 @@ class IncomingDelivery(Delivery):
         self._incoming = incoming
 
     async def ack(self) -> None:
-        await self._incoming.ack()
+        try:
+            await self._incoming.ack()
+        except AMQP_ERRORS as exc:  # the message stays where it was; say so in choreo's terms
+            raise ConnectionFailed(f"ack lost with the channel: {exc}") from exc
 
     async def reject(self, requeue: bool) -> None:
-        await self._incoming.reject(requeue=requeue)
+        try:
+            await self._incoming.reject(requeue=requeue)
+        except AMQP_ERRORS as exc:
+            raise ConnectionFailed(f"reject lost with the channel: {exc}") from exc
 
 
 class RabbitConsumer(Consumer):
