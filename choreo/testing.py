@@ -167,4 +167,4 @@ async def harness(
                 await bus.start(*running)
             yield h
     finally:
-        getattr(memory, "_brokers", {}).pop(name, None)
+        memory.forget(name)

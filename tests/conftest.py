@@ -138,7 +138,7 @@ class Buses:
             exchanges = self.extra_exchanges.union(*(b.declared_exchanges for b in self.buses))
             await delete_on_rabbitmq(self.url, queues, exchanges)
         else:
-            memory._brokers.pop(urlsplit(self.url).netloc, None)
+            memory.forget(urlsplit(self.url).netloc)
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from .base import (
     Transport,
 )
 
-__all__ = ["MemoryBroker", "MemoryTransport", "broker", "reset"]
+__all__ = ["MemoryBroker", "MemoryTransport", "broker", "exists", "forget", "reset"]
 
 _brokers: dict[str, MemoryBroker] = {}
 
@@ -60,6 +60,16 @@ def broker(name: str = "") -> MemoryBroker:
 def reset() -> None:
     """Forget every in-memory broker (for test suites)."""
     _brokers.clear()
+
+
+def forget(name: str) -> None:
+    """Forget the in-memory broker called ``name`` and everything it holds."""
+    _brokers.pop(name, None)
+
+
+def exists(name: str) -> bool:
+    """Whether an in-memory broker called ``name`` is alive."""
+    return name in _brokers
 
 
 class _Queue:
