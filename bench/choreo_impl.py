@@ -6,7 +6,7 @@ import asyncio
 
 from choreo import Bus, Event, Service, connect
 
-from .common import BATCH, PREFETCH, SERVICES, Recorder, payload
+from .common import BATCH, PREFETCH, QUEUE_TYPE, SERVICES, Recorder, payload
 
 
 class SkuReceived(Event):
@@ -40,7 +40,9 @@ class Choreo:
         self.bus: Bus | None = None
 
     async def open(self) -> None:
-        self.bus = await connect(self.url, namespace=self.namespace, connection_name="bench")
+        self.bus = await connect(
+            self.url, namespace=self.namespace, connection_name="bench", queue_type=QUEUE_TYPE
+        )
 
     async def declare(self) -> None:
         assert self.bus is not None

@@ -14,6 +14,8 @@ from pydantic import BaseModel
 SERVICES = ("inventory", "catalog", "wishlist")
 BATCH = 128  # publishes in flight at once
 PREFETCH = 256
+# classic or quorum queues, on both sides (python -m bench.fanout --queue-type quorum)
+QUEUE_TYPE = os.environ.get("CHOREO_BENCH_QUEUE_TYPE", "classic")
 
 
 class SkuReceivedModel(BaseModel):

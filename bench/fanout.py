@@ -147,9 +147,14 @@ def main() -> None:
     parser.add_argument("--variant", choices=("inproc", "split", "backlog"), default="inproc")
     parser.add_argument("--url", default=os.environ.get("CHOREO_BENCH_URL", DEFAULT_URL))
     parser.add_argument("--json", help="write every run's figures to this file")
+    parser.add_argument(
+        "--queue-type", choices=("classic", "quorum"), help="queues of both sides (default classic)"
+    )
     parser.add_argument("--one", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--consumer", metavar="NAMESPACE", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.queue_type:  # the runs are subprocesses: they read it from the environment
+        os.environ["CHOREO_BENCH_QUEUE_TYPE"] = args.queue_type
     if args.one:
         if args.consumer:
             figures = asyncio.run(run_consumer(args.one, args.url, args.n, args.consumer))

@@ -13,7 +13,17 @@ import uuid
 
 import aio_pika
 
-from .common import BATCH, PREFETCH, SERVICES, Recorder, SkuReceivedModel, payload
+from .common import (
+    BATCH,
+    PREFETCH,
+    QUEUE_TYPE,
+    SERVICES,
+    Recorder,
+    SkuReceivedModel,
+    payload,
+)
+
+QUEUE_ARGUMENTS = {"x-queue-type": "quorum"} if QUEUE_TYPE == "quorum" else None
 
 
 class Raw:
@@ -35,7 +45,7 @@ class Raw:
             self.exchange_name, aio_pika.ExchangeType.FANOUT, durable=True
         )
         for name in self.queues:
-            queue = await channel.declare_queue(name, durable=True)
+            queue = await channel.declare_queue(name, durable=True, arguments=QUEUE_ARGUMENTS)
             await queue.bind(exchange)
         return exchange
 
@@ -52,7 +62,7 @@ class Raw:
         for name in self.queues:
             channel = await self.connection.channel()
             await channel.set_qos(prefetch_count=PREFETCH)
-            queue = await channel.declare_queue(name, durable=True)
+            queue = await channel.declare_queue(name, durable=True, arguments=QUEUE_ARGUMENTS)
             await queue.consume(handle)
 
     async def publish(self, n: int) -> None:

@@ -21,7 +21,7 @@ from .retry import Retry
 from .service import Service
 
 try:
-    __version__ = _metadata.version("choreo")
+    __version__ = _metadata.version("choreo-mq")
 except _metadata.PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 

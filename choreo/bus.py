@@ -7,6 +7,9 @@
         await bus.start(catalog, inventory)            # declares topology, consumes
         ...
         await bus.stop()                               # graceful
+
+Where things happen: an event's message is built in ``wire.py``, routed by the names in
+``topology.py``, handled in ``_runtime/dispatch.py`` and settled in ``_runtime/settle.py``.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import signal
 import time
 from collections.abc import Generator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, TypeVar, Unpack
 
 from pydantic import ValidationError
 
-from . import config, topology, tracing
-from .consumer import QueueWorker, ServiceConsumer
+from . import config, topology, wire
+from ._runtime.declare import Declarer
+from ._runtime.running import Running
+from ._runtime.worker import Setup
 from .errors import (
     ChoreoError,
     ConfigurationError,
@@ -34,21 +38,16 @@ from .errors import (
     RequestTimeout,
     Unroutable,
 )
-from .events import Event, encode, event_name_of
-from .observe import Observer
-from .responder import ERROR_TYPE, Responder
-from .retry import DEFAULT_RETRY, Retry
+from .events import Event, event_name_of
+from .observability import tracing
 from .service import Service
-from .transports.base import DIRECT, FANOUT, Consumer, Transport
+from .settings import DEFAULT_REQUEST_TIMEOUT, BusOptions, Settings, settings_from
+from .transports import transport_for
+from .transports.base import DIRECT, FANOUT, Message, Transport
 
 __all__ = ["Bus", "connect"]
 
 log = logging.getLogger("choreo")
-
-DEFAULT_PREFETCH = 64
-DEFAULT_CONCURRENCY = 32
-DEFAULT_REQUEST_TIMEOUT = 5.0
-DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
 R = TypeVar("R", bound=Event)
 
@@ -57,77 +56,37 @@ def connect(
     url: str | None = None,
     *,
     namespace: str | None = None,
-    prefetch: int = DEFAULT_PREFETCH,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    retry: Retry = DEFAULT_RETRY,
-    shutdown_timeout: float = 30.0,
-    queue_type: str = "classic",
-    on_unroutable: str = "warn",
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     publish_timeout: float = 30.0,
+    publish_window: int = 1024,
     connection_name: str | None = None,
-    observer: Observer | None = None,
+    **options: Unpack[BusOptions],
 ) -> Bus:
     """A bus for the broker at ``url``: ``amqp://...``, ``amqps://...`` or ``memory://[NAME]``.
 
     ``url=None`` reads ``CHOREO_BROKER_URL`` (default ``amqp://guest:guest@localhost:5672/``);
     ``namespace=None`` reads ``CHOREO_NAMESPACE``. Use it as ``async with connect() as bus``
-    or ``bus = await connect()``; nothing touches the network before that.
-
-    Several comma-separated ``amqp://`` URLs name the nodes of a cluster: each reconnect
-    tries the next one. ``prefetch``, ``concurrency``, ``retry`` and ``queue_type``
-    (``"classic"`` or ``"quorum"``) are defaults for services that do not set their own.
-    ``on_unroutable``: ``"warn"`` logs, ``"raise"`` raises ``Unroutable`` when an event is
-    published to an exchange no queue is bound to. ``observer`` (default: one log line per
-    handled message) is told of every handled message and publish. A consumed body over
-    ``max_message_size`` bytes is dead-lettered. ``publish_timeout``: how long a publish may
-    wait for its confirm, reconnections included, before ``PublishError``.
+    or ``bus = await connect()``; nothing touches the network before that. Several
+    comma-separated ``amqp://`` URLs name the nodes of a cluster: each reconnect tries the
+    next one. ``publish_timeout``: how long a publish may wait for its confirm, reconnects
+    included, before ``PublishError``; at most ``publish_window`` wait at once, the others
+    for a slot first (backpressure). The other keywords are ``choreo.settings.Settings``.
     """
     url = config.broker_url(url)
+    settings = settings_from(options)
+    if not isinstance(publish_window, int) or publish_window < 1:
+        raise ConfigurationError("connect(): publish_window must be a positive int")
+    name = connection_name or f"choreo pid={os.getpid()}"
     return Bus(
-        _transport_for(url, connection_name or f"choreo pid={os.getpid()}", publish_timeout),
+        transport_for(
+            url,
+            connection_name=name,
+            publish_timeout=publish_timeout,
+            publish_window=publish_window,
+        ),
         url=url,
         namespace=config.namespace(namespace),
-        prefetch=prefetch,
-        concurrency=concurrency,
-        retry=retry,
-        shutdown_timeout=shutdown_timeout,
-        queue_type=queue_type,
-        on_unroutable=on_unroutable,
-        max_message_size=max_message_size,
-        observer=observer,
+        settings=settings,
     )
-
-
-def _transport_for(url: str, connection_name: str, publish_timeout: float) -> Transport:
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid broker URL {config.redact(url)}: {exc}") from exc
-    scheme = parts.scheme.lower()
-    if scheme == "memory":
-        from .transports.memory import MemoryTransport
-
-        return MemoryTransport(parts.netloc + parts.path.rstrip("/"))
-    if scheme in ("amqp", "amqps"):
-        if not parts.hostname:
-            raise ConfigurationError(f"invalid broker URL {config.redact(url)}: no host")
-        from .transports.rabbitmq import RabbitMQTransport
-
-        return RabbitMQTransport(
-            url, connection_name=connection_name, publish_timeout=publish_timeout
-        )
-    raise ConfigurationError(
-        f"unsupported broker URL {config.redact(url)!r}: use amqp://, amqps:// or memory://"
-    )
-
-
-class _Running:
-    __slots__ = ("consumer", "subscription")
-
-    def __init__(self, consumer: QueueWorker, subscription: Consumer) -> None:
-        self.consumer = consumer
-        self.subscription = subscription
 
 
 class Bus:
@@ -139,47 +98,51 @@ class Bus:
         *,
         url: str,
         namespace: str = "",
-        prefetch: int = DEFAULT_PREFETCH,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        retry: Retry = DEFAULT_RETRY,
-        shutdown_timeout: float = 30.0,
-        queue_type: str = "classic",
-        on_unroutable: str = "warn",
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        observer: Observer | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        for option, value in (
-            ("prefetch", prefetch),
-            ("concurrency", concurrency),
-            ("max_message_size", max_message_size),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"connect(): {option} must be a positive int")
-        if queue_type not in topology.QUEUE_TYPES:
-            raise ConfigurationError(f"connect(): queue_type must be one of {topology.QUEUE_TYPES}")
-        if on_unroutable not in ("warn", "raise"):
-            raise ConfigurationError("connect(): on_unroutable must be 'warn' or 'raise'")
-        if not isinstance(retry, Retry):
-            raise ConfigurationError("connect(): retry must be a choreo.Retry")
         self.transport = transport
         self.url = url
         self.namespace = namespace
-        self.prefetch = prefetch
-        self.concurrency = concurrency
-        self.retry = retry
-        self.shutdown_timeout = shutdown_timeout
-        self.queue_type = queue_type
-        self.on_unroutable = on_unroutable
-        self.max_message_size = max_message_size
-        self.observer = observer or Observer()
-        self.declared_exchanges: set[str] = set()
-        self.declared_queues: set[str] = set()
-        self._exchanges_ready: dict[str, asyncio.Future[None]] = {}
-        self._running: dict[str, list[_Running]] = {}
+        self.settings = settings or Settings()
+        self._observer = self.settings.observer
+        self._declarer = Declarer(transport)
+        setup = Setup(
+            transport=transport,
+            publisher=self,
+            observer=self._observer,
+            declare_queue=self._declarer.queue,
+            max_message_size=self.settings.max_message_size,
+        )
+        self._running = Running(
+            setup,
+            namespace,
+            self.declare,
+            prefetch=self.settings.prefetch,
+            concurrency=self.settings.concurrency,
+            retry=self.settings.retry,
+            queue_type=self.settings.queue_type,
+            delivery_limit=self.settings.delivery_limit,
+        )
         self._connected = False
+        self._abort: asyncio.Event | None = None
 
     def __repr__(self) -> str:
-        return f"Bus({config.redact(self.url)!r}, namespace={self.namespace!r})"
+        return f"Bus({self.redacted_url!r}, namespace={self.namespace!r})"
+
+    @property
+    def redacted_url(self) -> str:
+        """The broker URL with its password replaced by ``***``: safe to print and log."""
+        return config.redact(self.url)
+
+    @property
+    def declared_exchanges(self) -> frozenset[str]:
+        """The exchanges this bus declared."""
+        return frozenset(self._declarer.exchanges)
+
+    @property
+    def declared_queues(self) -> frozenset[str]:
+        """The queues this bus declared (retry queues included)."""
+        return frozenset(self._declarer.queues)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -196,7 +159,7 @@ class Bus:
             await self.stop()
         finally:
             self._connected = False
-            self._exchanges_ready.clear()
+            self._declarer.reset()
             await self.transport.close()
 
     async def __aenter__(self) -> Bus:
@@ -228,31 +191,52 @@ class Bus:
         Safe to call concurrently: publishes are pipelined on one confirm channel.
         """
         self._check_connected()
-        message = encode(
+        message = wire.encode(
             event, correlation_id=correlation_id, causation_id=causation_id, headers=headers
         )
+        return await self._publish(message)
+
+    async def publish_json(
+        self,
+        event_name: str,
+        payload: Mapping[str, Any],
+        *,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Publish an event given by name and fields, without its class and unvalidated
+        (consumers validate it): what ``choreo publish`` does. Otherwise as :meth:`publish`.
+        """
+        self._check_connected()
+        message = wire.encode_json(
+            event_name, payload, correlation_id=correlation_id, headers=headers
+        )
+        return await self._publish(message)
+
+    async def _publish(self, message: Message) -> str:
+        name = message.type or ""
         if tracing.ENABLED:
             tracing.inject(message.headers)
-        exchange = topology.exchange_name(self.namespace, type(event).__event_name__)
-        if exchange not in self.declared_exchanges:
-            await self._ensure_exchange(exchange, FANOUT)
+        exchange = topology.exchange_name(self.namespace, name)
+        if exchange not in self._declarer.exchanges:
+            await self._declarer.exchange(exchange, FANOUT)
         started = time.perf_counter()
         try:
             await self.transport.publish(message, exchange, mandatory=True)
-            self.observer.published(type(event).__event_name__, time.perf_counter() - started)
+            self._observer.published(name, time.perf_counter() - started)
         except Unroutable:
-            if self.on_unroutable == "raise":
+            if self.settings.on_unroutable == "raise":
                 raise Unroutable(
-                    f"no queue is bound to {exchange!r}: nobody consumes {message.type!r} yet "
+                    f"no queue is bound to {exchange!r}: nobody consumes {name!r} yet "
                     "(start the consumers, or run `choreo topology --apply`, first)"
                 ) from None
             log.warning(
                 "event %r was published to %r, which no queue is bound to: it was dropped. "
                 "Start the consumers (or run `choreo topology --apply`) before publishing.",
-                message.type,
+                name,
                 exchange,
             )
-        return message.message_id  # type: ignore[return-value]  # encode always sets it
+        return message.message_id  # type: ignore[return-value]  # wire always sets it
 
     async def request(
         self,
@@ -274,15 +258,15 @@ class Bus:
         reply_name = event_name_of(reply_type)
         if timeout <= 0:
             raise ConfigurationError(f"request timeout must be positive, got {timeout}")
-        message = encode(
+        message = wire.encode(
             request, correlation_id=correlation_id, causation_id=causation_id, headers=headers
         )
+        name = message.type or ""
         if tracing.ENABLED:
             tracing.inject(message.headers)
-        name = type(request).__event_name__
         exchange = topology.requests_exchange_name(self.namespace)
-        if exchange not in self.declared_exchanges:
-            await self._ensure_exchange(exchange, DIRECT)
+        if exchange not in self._declarer.exchanges:
+            await self._declarer.exchange(exchange, DIRECT)
         try:
             reply = await self.transport.request(message, exchange, name, timeout)
         except NoResponder:
@@ -290,13 +274,9 @@ class Bus:
             raise NoResponder(f"no service responds to {name!r}{where}") from None
         except RequestTimeout:
             raise RequestTimeout(f"request {name!r} got no reply within {timeout}s") from None
-        if reply.type == ERROR_TYPE:
-            headers_ = reply.headers
-            raise RemoteError(
-                str(headers_.get("x-choreo-error-type", "Error")),
-                str(headers_.get("x-choreo-error-message", "")),
-                str(headers_.get("x-choreo-service", "")),
-            )
+        failure = wire.read_error_reply(reply)
+        if failure is not None:
+            raise RemoteError(*failure)
         if reply.type is not None and reply.type != reply_name:
             raise InvalidReply(
                 f"request {name!r} expected a {reply_name!r} reply, got {reply.type!r}"
@@ -308,21 +288,6 @@ class Bus:
                 f"reply to {name!r} is not a valid {reply_type.__name__}: {exc}"
             ) from None
 
-    async def _ensure_exchange(self, exchange: str, kind: str) -> None:
-        """Declare ``exchange`` once, even when many publishes need it at the same time."""
-        ready = self._exchanges_ready.get(exchange)
-        if ready is None:
-            ready = self._exchanges_ready[exchange] = asyncio.ensure_future(
-                self.transport.declare_exchange(exchange, kind)
-            )
-        try:
-            await asyncio.shield(ready)
-        except BaseException:
-            if ready.done() and self._exchanges_ready.get(exchange) is ready:
-                del self._exchanges_ready[exchange]
-            raise
-        self.declared_exchanges.add(exchange)
-
     # -- consuming ---------------------------------------------------------------------
 
     async def start(self, *services: Service) -> None:
@@ -332,9 +297,8 @@ class Bus:
                 raise ConfigurationError(f"service {service.name!r} is started twice")
         await self.declare(*services)
         for service in services:
-            self._running[service.name] = []
             try:
-                await self._start_one(service)
+                await self._running.start(service)
             except BaseException:
                 await self.stop()
                 raise
@@ -354,12 +318,17 @@ class Bus:
                 raise ConfigurationError(f"service {service.name!r} is started twice")
             if not service.handlers and not service.responders:
                 raise ConfigurationError(f"service {service.name!r} has no handlers")
-        plan = topology.plan(services, self.namespace, retry=self.retry, queue_type=self.queue_type)
+        plan = topology.plan(
+            services,
+            self.namespace,
+            retry=self.settings.retry,
+            queue_type=self.settings.queue_type,
+            delivery_limit=self.settings.delivery_limit,
+        )
         for exchange, kind in plan.exchanges:
-            await self._ensure_exchange(exchange, kind)
+            await self._declarer.exchange(exchange, kind)
         for queue in plan.queues:
-            await self.transport.declare_queue(queue)
-            self.declared_queues.add(queue.name)
+            await self._declarer.queue(queue)
         log.info(
             "declared exchanges %s and queues %s",
             ", ".join(name for name, _ in plan.exchanges),
@@ -367,99 +336,80 @@ class Bus:
         )
         return plan
 
-    async def _start_one(self, service: Service) -> None:
-        prefetch = service.prefetch or self.prefetch
-        concurrency = service.concurrency or self.concurrency
-        dlq = topology.dlq_name(self.namespace, service.name)
-        workers: list[QueueWorker] = []
-        if service.handlers:
-            exchanges = {
-                topology.exchange_name(self.namespace, name): handler
-                for name, handler in service.handlers.items()
-            }
-            workers.append(
-                ServiceConsumer(
-                    self,
-                    service,
-                    queue=topology.queue_name(self.namespace, service.name),
-                    dlq=dlq,
-                    exchanges=exchanges,
-                    concurrency=concurrency,
-                    retry=service.retry or self.retry,
-                    queue_type=service.queue_type or self.queue_type,
-                )
-            )
-        if service.responders:
-            workers.append(
-                Responder(
-                    self,
-                    service,
-                    queue=topology.requests_queue_name(self.namespace, service.name),
-                    dlq=dlq,
-                    concurrency=concurrency,
-                )
-            )
-        for worker in workers:
-            subscription = await self.transport.consume(worker.queue, worker.on_message, prefetch)
-            self._running[service.name].append(_Running(worker, subscription))
-            log.info("service %s consuming %s (prefetch %d)", service.name, worker.queue, prefetch)
-
     async def stop(self, timeout: float | None = None) -> None:
         """Stop consuming, let handlers in flight finish (up to ``timeout`` s), then settle."""
-        running, self._running = self._running, {}
-        if not running:
-            return
-        timeout = self.shutdown_timeout if timeout is None else timeout
-        items = [item for items in running.values() for item in items]
-        for item in items:
-            await item.subscription.cancel()
-        results = await asyncio.gather(*(item.consumer.drain(timeout) for item in items))
-        for item in items:
-            await item.subscription.close()
-        log.info(
-            "stopped %s%s",
-            ", ".join(running),
-            "" if all(results) else " (some handlers were cancelled)",
-        )
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        await self._running.stop(timeout, self._abort)
+
+    def abort(self) -> None:
+        """Make a stop under way cancel its handlers now instead of waiting for them."""
+        if self._abort is None:
+            self._abort = asyncio.Event()
+        self._abort.set()
 
     async def run(self, *services: Service) -> None:
-        """Start ``services`` and consume until cancelled or sent SIGINT/SIGTERM; then stop."""
+        """Start ``services`` and consume until cancelled or sent SIGINT/SIGTERM; then stop
+        gracefully. A second SIGINT/SIGTERM during the stop cancels the handlers at once."""
         stopped = asyncio.Event()
+        self._abort = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if not stopped.is_set():
+                stopped.set()
+                log.info(
+                    "stopping: waiting up to %gs for %d handler(s) (signal again to abort)",
+                    self.settings.shutdown_timeout,
+                    self.in_flight,
+                )
+            elif self._abort is not None and not self._abort.is_set():
+                log.warning("aborting the handlers still running now")
+                self._abort.set()
+
         installed = []
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(signum, stopped.set)
+                loop.add_signal_handler(signum, on_signal)
                 installed.append(signum)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
         try:
             await self.start(*services)
-            await stopped.wait()
-            log.info("stop requested, finishing handlers in flight")
+            failed = self._running.failed
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stopped.wait())]
+            if failed is not None:
+                waits.append(failed)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            waits[0].cancel()
+            if failed is not None and failed in done:
+                failed.result()  # raises: the service cannot go on consuming
         finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
-            await asyncio.shield(self.stop())
+            try:
+                await asyncio.shield(self.stop())
+            finally:
+                for signum in installed:
+                    loop.remove_signal_handler(signum)
 
     @property
     def healthy(self) -> bool:
-        """Connected to the broker and consuming (what ``/healthz`` reports)."""
-        return self._connected and bool(self._running) and self.transport.connected
+        """Connected to the broker and consuming, with no worker stuck: none holds
+        deliveries without settling any for ``stall_timeout`` (what ``/healthz`` reports)."""
+        running = self._running
+        return self._connected and self.transport.connected and running.healthy(self.settings)
 
     def in_flight_of(self, service: str) -> int:
         """Deliveries of ``service`` being handled right now."""
-        return sum(len(item.consumer.tasks) for item in self._running.get(service, ()))
+        return self._running.in_flight_of(service)
 
     @property
     def in_flight(self) -> int:
         """Deliveries being handled (or waiting for a concurrency slot) right now."""
-        return sum(len(item.consumer.tasks) for items in self._running.values() for item in items)
+        return self._running.in_flight
 
     @property
     def running(self) -> tuple[str, ...]:
         """Names of the services this bus consumes for."""
-        return tuple(self._running)
+        return self._running.names
 
     def _check_connected(self) -> None:
         if not self._connected:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+import re
 
-__all__ = ["DEFAULT_BROKER_URL", "broker_url", "namespace", "redact"]
+__all__ = [
+    "DEFAULT_BROKER_URL",
+    "broker_url",
+    "namespace",
+    "redact",
+    "scrub",
+    "unencoded_password",
+]
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -22,26 +29,29 @@ def namespace(value: str | None = None) -> str:
     return os.environ.get("CHOREO_NAMESPACE", "")
 
 
+# scheme://user:PASSWORD@ - the password runs to the last "@" before the next URL of a
+# list, so an unencoded "/", "#", "?", "," or "@" in it cannot end it early
+_CREDENTIALS = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s,]*):"
+    r"(?P<password>(?:(?![A-Za-z][A-Za-z0-9+.\-]*://)\S)*)@"
+)
+
+
 def redact(url: str) -> str:
-    """``url`` (or a comma-separated list) with passwords replaced by ``***``, safe to log."""
-    if "," in url:
-        return ",".join(redact(part) for part in url.split(","))
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparsable URL>"
-    if password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """``url`` (or a comma-separated list) with every password replaced by ``***``, safe to
+    log, whatever characters the password holds."""
+    return _CREDENTIALS.sub(lambda match: f"{match['head']}:***@", url)
+
+
+def unencoded_password(url: str) -> bool:
+    """Whether a password in ``url`` holds a character that must be percent-encoded there
+    (``/``, ``#``, ``?``, ``,``, ``@``): such a URL cannot be parsed as meant."""
+    return any(set(m["password"]) & set("/#?,@") for m in _CREDENTIALS.finditer(url))
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message, say) with every password of ``url`` replaced by ``***``."""
+    for match in _CREDENTIALS.finditer(url):
+        if match["password"]:
+            text = text.replace(match["password"], "***")
+    return redact(text)

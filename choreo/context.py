@@ -3,36 +3,95 @@
 What a handler publishes or asks through its context carries the ``x-choreo-source``
 header (the name of the service). An event or request the running service did not declare
 (``Service(emits=..., requests=...)`` or the same on its handler) is published all the
-same, with one warning per service and name in the process: declarations are what
+same, with one warning per running service and name: declarations are what
 ``choreo graph``, ``choreo check`` and ``choreo asyncapi`` see.
+
+A context publishes through a :class:`Publisher` (the bus is one); it never holds the bus.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
+import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from .events import CAUSATION_HEADER, Event
+from . import wire
+from .events import Event
 
-if TYPE_CHECKING:
-    from .bus import Bus
-    from .service import Service
-
-__all__ = ["SOURCE_HEADER", "Context"]
+__all__ = ["Context", "Declares", "Publisher", "UndeclaredCheck"]
 
 log = logging.getLogger("choreo.context")
 
 R = TypeVar("R", bound=Event)
 
-SOURCE_HEADER = "x-choreo-source"
 
-_warned: set[tuple[str, str, str]] = set()  # (what, service, name): warn once per process
-# per service, (what, handler's event, name) already found declared: no check next time
-_checked: weakref.WeakKeyDictionary[Service, set[tuple[str, str, str]]] = (
-    weakref.WeakKeyDictionary()
-)
+class Publisher(Protocol):
+    """What a context needs to publish and ask: ``choreo.Bus`` is one."""
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        correlation_id: str | None = ...,
+        causation_id: str | None = ...,
+        headers: Mapping[str, Any] | None = ...,
+    ) -> str: ...
+
+    async def request(
+        self,
+        request: Event,
+        reply_type: type[R],
+        *,
+        timeout: float = ...,
+        correlation_id: str | None = ...,
+        causation_id: str | None = ...,
+        headers: Mapping[str, Any] | None = ...,
+    ) -> R: ...
+
+
+class Declares(Protocol):
+    """What a service declares it sends (``choreo.Service`` is one)."""
+
+    name: str
+
+    def may_emit(self, event_name: str, handled: str | None = None) -> bool: ...
+
+    def may_request(self, request_name: str, handled: str | None = None) -> bool: ...
+
+
+class UndeclaredCheck:
+    """Warns once per name when a running service sends what it did not declare."""
+
+    def __init__(self, service: Declares) -> None:
+        self.service = service
+        self._seen: set[tuple[str, str, str]] = set()  # (what, handled event, name): checked
+        self._warned: set[tuple[str, str]] = set()  # (what, name): warned
+
+    def check(self, what: str, handled: str, event: Event) -> None:
+        name = type(event).__event_name__
+        key = (what, handled, name)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        if what == "emits":
+            declared = self.service.may_emit(name, handled)
+        else:
+            declared = self.service.may_request(name, handled)
+        if declared or (what, name) in self._warned:
+            return
+        self._warned.add((what, name))
+        log.warning(
+            "service %r %s %r without declaring it: add %s=[%s] to Service(%r) or to its "
+            "handler of %r (choreo graph, check and asyncapi only see declarations)",
+            self.service.name,
+            "published" if what == "emits" else "sent the request",
+            name,
+            what,
+            type(event).__name__,
+            self.service.name,
+            handled,
+        )
 
 
 class Context:
@@ -44,8 +103,8 @@ class Context:
     """
 
     __slots__ = (
-        "_bus",
-        "_owner",
+        "_check",
+        "_publisher",
         "attempt",
         "causation_id",
         "correlation_id",
@@ -57,7 +116,7 @@ class Context:
 
     def __init__(
         self,
-        bus: Bus,
+        publisher: Publisher,
         *,
         service: str,
         event_name: str,
@@ -65,15 +124,16 @@ class Context:
         correlation_id: str | None,
         headers: Mapping[str, Any],
         attempt: int = 1,
-        owner: Service | None = None,
+        check: UndeclaredCheck | None = None,
     ) -> None:
-        self._bus = bus
-        self._owner = owner  # the Service whose declarations ctx.publish checks
+        self._publisher = publisher
+        self._check = check
         self.service = service
         self.event_name = event_name
         self.message_id = message_id
-        self.correlation_id = correlation_id
-        causation = headers.get(CAUSATION_HEADER)
+        # a foreign message with neither id still starts a chain its follow-ups share
+        self.correlation_id = correlation_id or message_id or uuid.uuid4().hex
+        causation = headers.get(wire.CAUSATION_HEADER)
         self.causation_id = causation if isinstance(causation, str) else None
         self.headers = headers
         self.attempt = attempt
@@ -93,7 +153,7 @@ class Context:
     ) -> str:
         """Publish ``event`` as a consequence of the message being handled."""
         self._check_declared("emits", event)
-        return await self._bus.publish(
+        return await self._publisher.publish(
             event,
             correlation_id=correlation_id or self.correlation_id or self.message_id,
             causation_id=self.message_id,
@@ -110,7 +170,7 @@ class Context:
     ) -> R:
         """Ask the service that responds to ``request``; see :meth:`choreo.Bus.request`."""
         self._check_declared("requests", request)
-        return await self._bus.request(
+        return await self._publisher.request(
             request,
             reply_type,
             timeout=timeout,
@@ -121,37 +181,8 @@ class Context:
 
     def _headers(self, headers: Mapping[str, Any] | None) -> dict[str, Any]:
         """``headers`` with ``x-choreo-source`` (unless the caller set it)."""
-        return {SOURCE_HEADER: self.service, **(headers or {})}
+        return {wire.SOURCE_HEADER: self.service, **(headers or {})}
 
     def _check_declared(self, what: str, event: Event) -> None:
-        """Warn, once per service and name, about an event or request not declared."""
-        if not isinstance(event, Event):
-            return  # the bus says what is wrong with it
-        name = type(event).__event_name__
-        service = self._owner
-        if service is None:
-            return
-        checked = (what, self.event_name, name)
-        done = _checked.setdefault(service, set())
-        key = (what, self.service, name)
-        if checked in done or key in _warned:
-            return
-        if what == "emits":
-            declared = service.may_emit(name, self.event_name)
-        else:
-            declared = service.may_request(name, self.event_name)
-        if declared:
-            done.add(checked)
-            return
-        _warned.add(key)
-        log.warning(
-            "service %r %s %r without declaring it: add %s=[%s] to Service(%r) or to its "
-            "handler of %r (choreo graph, check and asyncapi only see declarations)",
-            self.service,
-            "published" if what == "emits" else "sent the request",
-            name,
-            what,
-            type(event).__name__,
-            self.service,
-            self.event_name,
-        )
+        if self._check is not None and isinstance(event, Event):
+            self._check.check(what, self.event_name, event)

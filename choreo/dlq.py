@@ -1,82 +1,95 @@
 """Dead-letter queue tools: list, replay and purge a service's ``.dlq`` queue.
 
 Replay moves messages back to the service's own queue only (never to the fanout
-exchange: the other services already handled them), without the failure headers, so the
-attempts start again at 1. Each replayed copy is confirmed by the broker before its dead
+exchange: the other services already handled them), or to its request queue for a
+request, without the failure headers, so the attempts start again at 1; in bounded
+batches, whatever the size of the DLQ. Each replayed copy is confirmed by the broker before its dead
 letter is removed, so a crash mid-replay can duplicate a message but never lose one.
+Where messages are dead-lettered is ``_runtime/settle.py``; what a dead letter carries is
+``wire.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Protocol
 
 from . import topology
-from .deadletter import for_replay
+from .errors import ChoreoError, ConnectionFailed
+from .transports.base import Transport
+from .wire import DeadLetter, for_replay
 
-if TYPE_CHECKING:
-    from .bus import Bus
+__all__ = ["REPLAY_BATCH", "DeadLetter", "list_dead_letters", "purge", "replay"]
 
-__all__ = ["DeadLetter", "list_dead_letters", "purge", "replay"]
-
-PREVIEW = 120
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """What ``choreo dlq list`` shows of one dead letter."""
-
-    message_id: str | None
-    event: str
-    error_type: str
-    error_message: str
-    attempts: int
-    failed_at: str
-    preview: str
-
-    @classmethod
-    def from_headers(
-        cls, message_id: str | None, headers: dict[str, Any], body: bytes
-    ) -> DeadLetter:
-        text = body[:PREVIEW].decode("utf-8", errors="replace")
-        attempts = headers.get("x-choreo-attempts", 0)
-        return cls(
-            message_id=message_id,
-            event=str(headers.get("x-choreo-event", "")),
-            error_type=str(headers.get("x-choreo-error-type", "")),
-            error_message=str(headers.get("x-choreo-error-message", "")),
-            attempts=attempts if isinstance(attempts, int) else 0,
-            failed_at=str(headers.get("x-choreo-failed-at", "")),
-            preview=text + ("..." if len(body) > PREVIEW else ""),
-        )
+REPLAY_BATCH = 1000  # dead letters held at once by a replay
 
 
-async def list_dead_letters(bus: Bus, service: str, limit: int = 100) -> list[DeadLetter]:
+class Broker(Protocol):
+    """Where the dead letters are: a transport and a namespace (``choreo.Bus`` is one)."""
+
+    transport: Transport
+    namespace: str
+
+
+async def list_dead_letters(broker: Broker, service: str, limit: int = 100) -> list[DeadLetter]:
     """Up to ``limit`` dead letters of ``service``, oldest first; they stay in the queue."""
-    dlq = topology.dlq_name(bus.namespace, service)
-    async with bus.transport.fetch(dlq, limit) as deliveries:
-        return [
-            DeadLetter.from_headers(d.message.message_id, d.message.headers, d.message.body)
-            for d in deliveries
-        ]
+    dlq = topology.dlq_name(broker.namespace, service)
+    async with broker.transport.fetch(dlq, limit) as deliveries:
+        return [DeadLetter.read(d.message) for d in deliveries]
 
 
-async def replay(bus: Bus, service: str, message_id: str | None = None) -> int:
-    """Move the dead letters of ``service`` (only ``message_id``, if given) back to its queue."""
-    dlq = topology.dlq_name(bus.namespace, service)
-    target = topology.queue_name(bus.namespace, service)
-    await bus.transport.queue_size(target)  # fails clearly when the service queue is missing
+async def replay(
+    broker: Broker,
+    service: str,
+    message_id: str | None = None,
+    *,
+    batch: int = REPLAY_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Move the dead letters of ``service`` (only ``message_id``, if given) back to the
+    queue they came from: a request (it has a ``reply_to``) to ``<service>.requests``,
+    an event to ``<service>``. Returns how many moved.
+
+    All of them go in batches of ``batch``, up to the number the DLQ held at the start
+    (what is dead-lettered meanwhile waits for the next replay); ``progress(moved, total)``
+    is called after each. Each copy is confirmed before its dead letter is removed. A
+    connection lost on the way raises ``ConnectionFailed`` saying how many moved and that
+    the last one may now be in both queues.
+    """
+    transport = broker.transport
+    dlq = topology.dlq_name(broker.namespace, service)
+    events = topology.queue_name(broker.namespace, service)
+    requests = topology.requests_queue_name(broker.namespace, service)
+    total = await transport.queue_size(dlq)
     moved = 0
-    async with bus.transport.fetch(dlq, await bus.transport.queue_size(dlq)) as deliveries:
-        for delivery in deliveries:
-            if message_id is not None and delivery.message.message_id != message_id:
-                continue  # left unsettled: back in the DLQ, in order, when the block ends
-            await bus.transport.publish(for_replay(delivery.message), "", target, mandatory=True)
-            await delivery.ack()
-            moved += 1
+    while moved < total:
+        size = total if message_id is not None else min(batch, total - moved)
+        async with transport.fetch(dlq, size) as deliveries:
+            if not deliveries:
+                break
+            for delivery in deliveries:
+                if message_id is not None and delivery.message.message_id != message_id:
+                    continue  # left unsettled: back in the DLQ, in order, when the block ends
+                target = requests if delivery.message.reply_to else events
+                await transport.publish(for_replay(delivery.message), "", target, mandatory=True)
+                try:
+                    await delivery.ack()
+                except ChoreoError as exc:
+                    raise ConnectionFailed(
+                        f"replay of {service} stopped after {moved} of {total}: {exc}; "
+                        f"message {delivery.message.message_id} was replayed to {target} and "
+                        "may still be in the DLQ too (its removal was not confirmed)"
+                    ) from exc
+                moved += 1
+                if message_id is not None:
+                    return moved
+        if progress is not None:
+            progress(moved, total)
+        if message_id is not None:
+            break
     return moved
 
 
-async def purge(bus: Bus, service: str) -> int:
+async def purge(broker: Broker, service: str) -> int:
     """Drop every dead letter of ``service``; return how many there were."""
-    return await bus.transport.purge(topology.dlq_name(bus.namespace, service))
+    return await broker.transport.purge(topology.dlq_name(broker.namespace, service))

@@ -44,7 +44,9 @@ class ConnectionFailed(ChoreoError):
 
 
 class PublishError(ChoreoError):
-    """The broker did not confirm a message, so it may not have been stored."""
+    """The broker did not confirm a message in time: it may not have been stored, or it
+    may have been delivered all the same (the confirm was lost). Publish it again if it
+    must arrive; consumers see duplicates either way (at-least-once)."""
 
 
 class Reject(ChoreoError):

@@ -1,4 +1,4 @@
-"""The ``Event`` base class, event names, and the envelope that carries an event on the wire.
+"""The ``Event`` base class and event names.
 
 An event is a pydantic model. Its name is the snake_case of the class name, or the
 ``name=`` class keyword::
@@ -8,27 +8,22 @@ An event is a pydantic model. Its name is the snake_case of the class name, or t
 
     class PriceChanged(Event, name="pricing.price_changed"):    # explicit
         sku: str
+
+How an event travels (its message, headers, ids) is the wire contract, in ``wire.py``.
 """
 
 from __future__ import annotations
 
 import re
-import time
-import uuid
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from .errors import ConfigurationError
-from .transports.base import Message
+from .wire import check_name
 
-__all__ = ["CAUSATION_HEADER", "CONTENT_TYPE", "Event", "encode", "event_name_of"]
+__all__ = ["Event", "event_name_of", "snake_case"]
 
-CONTENT_TYPE = "application/json"
-CAUSATION_HEADER = "x-causation-id"
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
@@ -45,12 +40,7 @@ class Event(BaseModel):
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         event_name = snake_case(cls.__name__) if name is None else name
-        if not isinstance(event_name, str) or not _NAME_RE.match(event_name):
-            raise ConfigurationError(
-                f"invalid event name {event_name!r} for {cls.__qualname__}: use letters, digits, "
-                "'_', '.' and '-', starting with a letter or digit"
-            )
-        cls.__event_name__ = event_name
+        cls.__event_name__ = check_name("event name", event_name, where=cls.__qualname__)
 
 
 def event_name_of(event_type: object) -> str:
@@ -63,28 +53,3 @@ def event_name_of(event_type: object) -> str:
     ):
         return event_type.__event_name__
     raise ConfigurationError(f"expected a subclass of choreo.Event, got {event_type!r}")
-
-
-def encode(
-    event: Event,
-    *,
-    correlation_id: str | None = None,
-    causation_id: str | None = None,
-    headers: Mapping[str, Any] | None = None,
-) -> Message:
-    """Build the wire message for ``event``: JSON body, persistent, with ids and type."""
-    if not isinstance(event, Event) or type(event) is Event:
-        raise ConfigurationError(f"expected an instance of a choreo.Event subclass, got {event!r}")
-    message_id = uuid.uuid4().hex
-    all_headers: dict[str, Any] = dict(headers) if headers else {}
-    if causation_id is not None:
-        all_headers[CAUSATION_HEADER] = causation_id
-    return Message(
-        body=event.__pydantic_serializer__.to_json(event),
-        message_id=message_id,
-        type=type(event).__event_name__,
-        correlation_id=correlation_id,
-        content_type=CONTENT_TYPE,
-        timestamp=int(time.time()),
-        headers=all_headers,
-    )

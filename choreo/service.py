@@ -12,7 +12,6 @@ them, and ``ctx.publish``/``ctx.request`` log a warning (once) for what was not 
 from __future__ import annotations
 
 import inspect
-import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -22,10 +21,9 @@ from .context import Context
 from .errors import ConfigurationError
 from .events import Event, event_name_of
 from .retry import Retry
+from .wire import check_name
 
 __all__ = ["Handler", "Service"]
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 HandlerFunc = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFunc)
@@ -60,6 +58,8 @@ class Service:
     takes the bus's defaults (``connect(prefetch=..., concurrency=...)``). ``retry`` is the
     default policy of the service's handlers. ``queue_type="quorum"`` makes every queue of
     the service a quorum queue (replicated on a cluster); ``None`` takes the bus's default.
+    ``delivery_limit``: deliveries of one message that kill their worker before it is
+    dead-lettered as a crash loop (default: the bus's, 5).
     ``emits`` and ``requests`` list the events the service publishes and the requests it
     sends from any of its handlers (or outside of them, for a feed with no handlers).
     """
@@ -72,14 +72,16 @@ class Service:
         concurrency: int | None = None,
         retry: Retry | None = None,
         queue_type: str | None = None,
+        delivery_limit: int | None = None,
         emits: EventTypes | None = None,
         requests: EventTypes | None = None,
     ) -> None:
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ConfigurationError(
-                f"invalid service name {name!r}: use letters, digits, '_', '.' and '-'"
-            )
-        for option, value in (("prefetch", prefetch), ("concurrency", concurrency)):
+        check_name("service name", name)
+        for option, value in (
+            ("prefetch", prefetch),
+            ("concurrency", concurrency),
+            ("delivery_limit", delivery_limit),
+        ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"Service({name!r}): {option} must be a positive int")
         if queue_type not in (None, "classic", "quorum"):
@@ -90,6 +92,7 @@ class Service:
             raise ConfigurationError(f"Service({name!r}): retry must be a choreo.Retry")
         self.name = name
         self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
         self.prefetch = prefetch
         self.concurrency = concurrency
         self.retry = retry

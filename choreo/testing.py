@@ -29,12 +29,12 @@ from typing import Any, TypeVar
 
 from . import topology
 from .bus import Bus, connect
-from .context import SOURCE_HEADER
 from .dlq import DeadLetter, list_dead_letters
 from .errors import ChoreoError, ConfigurationError
 from .events import Event
 from .service import Service
 from .transports import memory
+from .wire import source_of
 
 __all__ = ["Harness", "NotSettled", "Published", "harness"]
 
@@ -74,10 +74,9 @@ class Harness:
         async def publish(event: Event, **options: Any) -> str:
             message_id = await original(event, **options)
             headers: Mapping[str, Any] = options.get("headers") or {}
-            source = headers.get(SOURCE_HEADER)
             self.published.append(
                 Published(
-                    source if isinstance(source, str) else None,
+                    source_of(headers),
                     event,
                     message_id,
                     options.get("correlation_id"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,14 @@ class Choreography(logging.Handler):
             return
         self.handled += 1
         correlation = str(getattr(record, "correlation_id", ""))[:8]
-        print(
-            f"  {service:<10} {record.event:<14} {record.sku:<6} {correlation}  "  # type: ignore[attr-defined]
-            f"{record.getMessage()}",
-            flush=True,
-        )
+        try:
+            print(
+                f"  {service:<10} {record.event:<14} {record.sku:<6} {correlation}  "  # type: ignore[attr-defined]
+                f"{record.getMessage().removeprefix(f'{record.sku} ')}",  # type: ignore[attr-defined]
+                flush=True,
+            )
+        except BrokenPipeError:  # the reader is gone (make demo | head): the story goes on
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         self.changed.set()
 
     async def wait_for(self, count: int, timeout: float) -> None:
@@ -98,7 +102,7 @@ async def main(broker: str, csv_file: Path) -> None:
     started = time.perf_counter()
     async with connect(broker) as bus:
         await bus.start(*(module.service for module in SERVICES))
-        print(f"choreo demo on {broker}: feeding {len(reports)} rows of {csv_file}\n")
+        print(f"choreo demo on {bus.redacted_url}: feeding {len(reports)} rows of {csv_file}\n")
         print(f"  {'service':<10} {'event':<14} {'sku':<6} {'corr.':<8}  what happened")
         await feed(bus, reports)
         await trace.wait_for(expected, timeout=60)

@@ -16,7 +16,7 @@ from choreo import Context, Event, Reject, Retry, Service
 from choreo.transports.base import Message
 
 from .conftest import Buses
-from .helpers import Recorder, drain_queue, ready_count
+from .helpers import Barrier, Recorder, drain_queue, ready_count
 
 
 class SkuProcessed(Event):
@@ -41,14 +41,15 @@ def recording_service(name: str, recorder: Recorder, event: type[Event] = SkuPro
 class TestFanout:
     async def test_one_event_reaches_every_subscribed_service_once(self, make_bus: Buses) -> None:
         """Each service bound to an event gets every message exactly once."""
-        seen = Recorder()
-        services = [recording_service(n, seen) for n in ("inventory", "catalog", "wishlist")]
+        seen, barrier = Recorder(), Barrier()
+        names = ("inventory", "catalog", "wishlist")
+        services = [barrier.join(recording_service(n, seen)) for n in names]
         bus = await make_bus()
         await bus.start(*services)
         for i in range(10):
             await bus.publish(SkuProcessed(sku=f"SKU-{i}"))
         await seen.wait_for(30)
-        await asyncio.sleep(0.2)  # room for a duplicate to show up
+        await barrier.cross(bus)  # a duplicate would have been handled before the sentinel
         pairs = sorted((name, e.sku) for name, e, _ in seen.items)
         expected = sorted(
             (n, f"SKU-{i}") for n in ("inventory", "catalog", "wishlist") for i in range(10)
@@ -57,16 +58,17 @@ class TestFanout:
 
     async def test_service_gets_only_the_events_it_handles(self, make_bus: Buses) -> None:
         """A service bound to one event does not see another event's messages."""
-        skus, prices = Recorder(), Recorder()
+        skus, prices, barrier = Recorder(), Recorder(), Barrier()
         bus = await make_bus()
         await bus.start(
-            recording_service("catalog", skus), recording_service("pricing", prices, PriceChanged)
+            barrier.join(recording_service("catalog", skus)),
+            barrier.join(recording_service("pricing", prices, PriceChanged)),
         )
         await bus.publish(SkuProcessed(sku="A1"))
         await bus.publish(PriceChanged(sku="A1", price=2.5))
         await skus.wait_for(1)
         await prices.wait_for(1)
-        await asyncio.sleep(0.2)
+        await barrier.cross(bus)  # a stray event would have been handled before the sentinel
         assert [type(e) for _, e, _ in skus.items] == [SkuProcessed]
         assert [type(e) for _, e, _ in prices.items] == [PriceChanged]
 
@@ -211,8 +213,8 @@ class TestConversation:
         second = await bus.publish(SkuProcessed(sku="A2"), correlation_id="order-42")
         items = await seen.wait_for(4)
         by_cause = {cause: (svc, mid, corr) for svc, mid, corr, cause in items}
-        # first hop without a correlation id: the follow-up correlates to the first message
-        assert by_cause[None] in {("catalog", first, None), ("catalog", second, "order-42")}
+        # first hop without a correlation id: its own message id is the chain's id
+        assert by_cause[None] in {("catalog", first, first), ("catalog", second, "order-42")}
         assert by_cause[first][0] == "pricing"
         assert by_cause[first][2] == first
         assert by_cause[second][0] == "pricing"
@@ -369,7 +371,7 @@ class TestDeadLetters:
 
     async def test_one_failing_service_does_not_disturb_the_others(self, make_bus: Buses) -> None:
         """catalog fails and dead-letters; wishlist still gets every event exactly once."""
-        wishlist_seen = Recorder()
+        wishlist_seen, barrier = Recorder(), Barrier()
         catalog = Service("catalog", retry=Retry(attempts=2, delay=0.01))
 
         @catalog.on(SkuProcessed)
@@ -377,12 +379,12 @@ class TestDeadLetters:
             raise RuntimeError("no")
 
         bus = await make_bus()
-        await bus.start(catalog, recording_service("wishlist", wishlist_seen))
+        await bus.start(catalog, barrier.join(recording_service("wishlist", wishlist_seen)))
         for i in range(5):
             await bus.publish(SkuProcessed(sku=str(i)))
         await drain_queue(bus, f"{bus.namespace}.catalog.dlq", 5)
         await wishlist_seen.wait_for(5)
-        await asyncio.sleep(0.2)
+        await barrier.cross(bus)  # a duplicate would have been handled before the sentinel
         assert sorted(e.sku for _, e, _ in wishlist_seen.items) == [str(i) for i in range(5)]
 
 
@@ -391,7 +393,7 @@ async def test_memory_drops_messages_to_an_exchange_with_no_queue(make_bus: Buse
     """Like RabbitMQ, a fanout exchange with no bound queue drops what it receives."""
     bus = await make_bus()
     await bus.publish(SkuProcessed(sku="nobody"))
-    seen = Recorder()
-    await bus.start(recording_service("catalog", seen))
-    await asyncio.sleep(0.1)
+    seen, barrier = Recorder(), Barrier()
+    await bus.start(barrier.join(recording_service("catalog", seen)))
+    await barrier.cross(bus)  # a kept message would have been handled before the sentinel
     assert seen.items == []

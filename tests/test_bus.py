@@ -93,3 +93,15 @@ class TestLifecycle:
 def test_redact_hides_passwords(url: str, shown: str) -> None:
     """URLs are logged and printed without their password."""
     assert redact(url) == shown
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa#ss", "pa?ss", "pa,ss", "p@ss", "a/b#c?d,e@f"])
+def test_a_password_with_unencoded_characters_is_never_shown(password: str) -> None:
+    """A password holding '/', '#', '?', ',' or '@' unencoded: connect() refuses the URL
+    with an error that names the fix and shows no part of the password."""
+    url = f"amqp://guest:{password}@127.0.0.1:5672/"
+    assert redact(url) == "amqp://guest:***@127.0.0.1:5672/"
+    with pytest.raises(ConfigurationError, match="must be percent-encoded") as caught:
+        connect(url)
+    assert password not in str(caught.value)
+    assert "***" in str(caught.value)

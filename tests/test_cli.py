@@ -139,7 +139,7 @@ def transport() -> str:
 
 @pytest.fixture
 async def worker(make_bus: Buses, namespace: str, tmp_path: Path) -> AsyncIterator[Worker]:
-    make_bus.extra_queues |= {f"{namespace}.worker", f"{namespace}.worker.dlq"}
+    make_bus.extra_queues |= {f"{namespace}.worker{end}" for end in ("", ".dlq", ".suspect")}
     make_bus.extra_exchanges.add(f"{namespace}.ping")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -206,7 +206,7 @@ async def test_workers_share_the_queue_and_stop_together(
 ) -> None:
     """--workers 2: two processes consume the same queue; SIGTERM stops both, exit 0."""
     out = tmp_path / "handled.jsonl"
-    make_bus.extra_queues |= {f"{namespace}.worker", f"{namespace}.worker.dlq"}
+    make_bus.extra_queues |= {f"{namespace}.worker{end}" for end in ("", ".dlq", ".suspect")}
     make_bus.extra_exchanges.add(f"{namespace}.ping")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "choreo", "run", "tests.fixtures.worker:service",
@@ -236,3 +236,98 @@ async def test_workers_share_the_queue_and_stop_together(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_every_run_option_reaches_every_worker(tmp_path: Path) -> None:
+    """--workers 2 with --log-level debug and --log-format json: both workers log debug
+    lines as JSON (options reach the workers as parsed, not rebuilt as argv)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "choreo", "run", "tests.fixtures.worker:service",
+        "--workers", "2", "--broker", "memory://", "--log-level", "debug",
+        "--log-format", "json", "--shutdown-timeout", "1",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "CHOREO_TEST_OUT": str(tmp_path / "out.jsonl")},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        consuming = debug = 0
+        async with asyncio.timeout(WAIT):
+            while consuming < 2:
+                line = await process.stderr.readline()
+                assert line, "the workers stopped before consuming"
+                entry = json.loads(line)
+                consuming += "consuming" in entry["message"]
+                debug += entry["message"].startswith("choreo run options: ")
+        assert debug == 2  # each worker logs its options at DEBUG
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    """kill -9 of the `choreo run --workers 2` parent: both workers are gone soon after,
+    none is left consuming as an orphan."""
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(  # noqa: ASYNC220 - kill -9 needs a plain child
+            [sys.executable, "-m", "choreo", "run", "tests.fixtures.worker:service",
+             "--workers", "2", "--broker", "memory://"],
+            cwd=ROOT,
+            stderr=stderr,
+            env={**os.environ, "CHOREO_TEST_OUT": str(tmp_path / "out.jsonl")},
+        )  # fmt: skip
+    try:
+        async with asyncio.timeout(WAIT):
+            while log.read_text().count("consuming") < 2:
+                await asyncio.sleep(0.05)
+        started = log.read_text().split("started 2 workers: ", 1)[1].splitlines()[0]
+        pids = [int(pid) for pid in started.split(", ")]
+    finally:
+        process.kill()
+        process.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    try:
+        async with asyncio.timeout(10):
+            while any(alive(pid) for pid in pids):
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pass
+    finally:
+        orphans = [pid for pid in pids if alive(pid)]
+        for pid in orphans:
+            os.kill(pid, signal.SIGKILL)
+    assert orphans == []
+
+
+def test_a_password_is_never_printed_whatever_it_holds() -> None:
+    """choreo run with a password holding unencoded '/', '#', '?' and ',': one line on
+    stderr, exit 2, and no fragment of the password anywhere in the output."""
+    password = "s3cr/et#pa?ss,word"
+    result = choreo_cmd(
+        "run", "tests.fixtures.worker:service", "--broker", f"amqp://guest:{password}@127.0.0.1:1/"
+    )
+    assert result.returncode == 2
+    assert "must be percent-encoded" in result.stderr
+    output = result.stdout + result.stderr
+    for fragment in ("s3cr", "et#pa", "pa?ss", "ss,word"):
+        assert fragment not in output
+
+
+def test_run_takes_a_message_size_limit() -> None:
+    """choreo run --max-message-size: documented, and refused when not a positive number."""
+    assert "--max-message-size" in choreo_cmd("run", "--help").stdout
+    result = choreo_cmd(
+        "run", "tests.fixtures.worker:service", "--broker", "memory://", "--max-message-size", "0"
+    )
+    assert result.returncode == 2

@@ -170,7 +170,7 @@ class TestFiles:
         )
         assert result.returncode == 2
         assert result.stderr == (
-            "choreo: error: YAML output needs PyYAML: pip install 'choreo[yaml]' "
+            "choreo: error: YAML output needs PyYAML: pip install 'choreo-mq[yaml]' "
             "(or use --format json)\n"
         )
 

@@ -130,3 +130,34 @@ async def test_quorum_service_declares_quorum_queues(make_bus: Buses) -> None:
                 )
     finally:
         await connection.close()
+
+
+async def test_a_multi_line_error_stays_indented_and_poison_says_not_attempted(
+    make_bus: Buses, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A payload that fails validation (pydantic's error spans several lines): every line
+    of its entry in choreo dlq list is indented under the message id; the worker's log
+    says "not attempted (poison: ...)", not "after 0 attempt(s)"."""
+    service = Service("billing")
+
+    @service.on(OrderPlaced)
+    async def bill(event: OrderPlaced) -> None:
+        raise AssertionError("an invalid payload never reaches the handler")
+
+    bus = await make_bus()
+    await bus.start(service)
+    with caplog.at_level("ERROR", logger="choreo"):
+        await bus.publish_json("order_placed", {"wrong": "field"})
+        async with asyncio.timeout(20):
+            while await bus.transport.queue_size(f"{bus.namespace}.billing.dlq") < 1:
+                await asyncio.sleep(0.02)
+    await bus.stop()
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "not attempted (poison: ValidationError)" in logged
+    assert "after 0 attempt" not in logged
+    result = await asyncio.to_thread(cli, bus, "dlq", "list", "billing")
+    assert result.returncode == 0, result.stderr
+    entry = result.stdout.splitlines()[:-1]  # the last line is the count
+    assert "ValidationError" in result.stdout
+    assert len(entry) > 3
+    assert all(line.startswith("    ") for line in entry[1:])

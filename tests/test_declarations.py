@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from choreo import ConfigurationError, Context, Event, Service, context
-from choreo.context import SOURCE_HEADER
+from choreo import ConfigurationError, Context, Event, Service
+from choreo.wire import SOURCE_HEADER
 
 from .conftest import Buses
 from .helpers import Recorder
@@ -34,12 +34,6 @@ class GetStock(Event):
 class Stock(Event):
     sku: str
     units: int
-
-
-@pytest.fixture(autouse=True)
-def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with no (service, name) already warned about."""
-    monkeypatch.setattr(context, "_warned", set())
 
 
 class TestDeclaring:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,7 +22,7 @@ from services.events import SkuReceived
 from services.warehouse import SAMPLE, feed, read_csv
 
 from .conftest import Buses
-from .helpers import WAIT
+from .helpers import WAIT, idle
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES: list[Service] = [inventory.service, catalog.service, wishlist.service]
@@ -87,6 +88,17 @@ async def settle(expected_handled: int, data: Path) -> None:
             await asyncio.sleep(0.05)
 
 
+async def applied_everywhere(sku: str, data: Path) -> None:
+    """Wait until inventory, catalog and wishlist each handled the ``sku_processed`` of ``sku``."""
+    async with asyncio.timeout(WAIT):
+        while not (
+            sku in available(data)
+            and sku in catalog_flags(data)
+            and sku in dict(query(data, "wishlist", "SELECT sku, version FROM sku_state"))
+        ):
+            await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("transport", ["memory"], indirect=True)
 class TestStoryInMemory:
     async def test_sample_feed_reaches_every_database(self, make_bus: Buses, data: Path) -> None:
@@ -111,7 +123,11 @@ class TestStoryInMemory:
         await settle(36, data)
         first = notified(data)
         await feed(bus, read_csv(SAMPLE))
-        await asyncio.sleep(0.3)
+        # A SKU nobody wishes for, fed after the repeat: once every service applied it and
+        # no handler is left in flight, the repeat was handled everywhere.
+        await feed(bus, [SkuReceived(sku="SENTINEL", quantity=1, warehouse="barrier")])
+        await applied_everywhere("SENTINEL", data)
+        await idle(bus)
         await settle(72, data)
         assert notified(data) == first
 
@@ -267,3 +283,50 @@ async def test_story_on_rabbitmq_with_a_process_per_service_and_a_kill_9(
     finally:
         codes = stack.stop()
     assert codes == {"inventory": 0, "catalog": 0, "wishlist": 0}
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("transport", ["rabbitmq"], indirect=True)
+def test_demo_on_rabbitmq_never_prints_the_password(
+    make_bus: Buses, namespace: str, tmp_path: Path
+) -> None:
+    """`python -m services.demo --broker amqp://user:password@...`: the story runs, and no
+    line of its output holds the password (the banner used to print the URL whole)."""
+    plan = topology.plan(SERVICES, namespace)
+    make_bus.extra_queues |= {queue.name for queue in plan.queues}
+    make_bus.extra_exchanges |= {name for name, _ in plan.exchanges}
+    parts = urlsplit(make_bus.url)
+    assert parts.password, "the test broker URL carries a password"
+    result = subprocess.run(
+        [sys.executable, "-m", "services.demo", "--fresh", "--broker", make_bus.url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CHOREO_DEMO_DATA": str(tmp_path), "CHOREO_NAMESPACE": namespace},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "36 events handled" in result.stdout
+    assert f":{parts.password}@" not in result.stdout + result.stderr
+    assert ":***@" in result.stdout
+
+
+def test_demo_piped_into_head_finishes_and_fails_no_handler(tmp_path: Path) -> None:
+    """`make demo | head -5`: the reader goes away after 5 lines; the demo still runs its
+    story to the end and exits 0, and no handler fails with BrokenPipeError (printing the
+    trace from inside handlers used to dead-letter every event and hang for 60 s)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.demo", "--fresh"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CHOREO_DEMO_DATA": str(tmp_path)},
+    )
+    assert process.stdout is not None
+    for _ in range(5):
+        process.stdout.readline()
+    process.stdout.close()  # what head does after its 5 lines
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert b"BrokenPipeError" not in stderr
+    assert b"dead-lettered" not in stderr

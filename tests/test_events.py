@@ -7,7 +7,8 @@ import json
 import pytest
 
 from choreo import ConfigurationError, Event
-from choreo.events import CAUSATION_HEADER, encode, snake_case
+from choreo.events import snake_case
+from choreo.wire import CAUSATION_HEADER, encode
 
 
 class SkuProcessed(Event):

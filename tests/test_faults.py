@@ -1,50 +1,49 @@
 """Fault injection on a real RabbitMQ: a worker killed with SIGKILL, a TCP proxy that cuts,
-black-holes and refuses connections (../shared/tools/tcp-chaos.py), and a 3-node cluster
-whose node holding the connection and the quorum-queue leader is killed
-(../shared/tools/rmq-cluster). In every case each confirmed event is processed at least
-once."""
+black-holes and refuses connections (tests/support/tcp_proxy.py), and a 3-node cluster whose
+node holding the connection and the quorum-queue leader is killed
+(tests/support/rabbit_nodes.py). In every case each confirmed event is processed at least
+once. The tools belong to the repository: nothing beside the clone is needed."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from choreo import Bus, ConnectionFailed, Context, Event, PublishError, Service, connect
 
-from .conftest import IN_CI, Buses, delete_on_rabbitmq, unique
+from .conftest import Buses, delete_on_rabbitmq, unique
 from .fixtures.worker import Ping
 from .helpers import WAIT
+from .support.rabbit_nodes import RabbitNodes, started
+from .support.tcp_proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = Path(os.environ.get("CHOREO_SHARED_TOOLS", ROOT.parent / "shared" / "tools"))
 
 pytestmark = pytest.mark.broker
+
+
+def tool(name: str) -> Path:
+    """The repository's own stand-in for a tool that used to come from ../shared/tools.
+
+    Only tests/test_observability.py still asks, for ``tcp-chaos.py``, which it runs as a
+    script (``--listen/--target/--control``, then ``ctl PORT down|up``):
+    tests/support/tcp_proxy.py takes that command line. New tests use FaultProxy in their
+    own event loop instead."""
+    return {"tcp-chaos.py": ROOT / "tests" / "support" / "tcp_proxy.py"}[name]
 
 
 @pytest.fixture
 def transport() -> str:
     return "rabbitmq"
-
-
-def tool(name: str) -> Path:
-    path = TOOLS / name
-    if not path.exists():
-        message = f"{path} is missing (the shared tools sit beside the clone)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 class Stream(Event):
@@ -84,7 +83,7 @@ async def test_worker_killed_with_sigkill_mid_stream_loses_nothing(
 ) -> None:
     """`choreo run` killed with SIGKILL while handling, then restarted: every event done."""
     out = tmp_path / "handled.jsonl"
-    make_bus.extra_queues |= {f"{namespace}.worker", f"{namespace}.worker.dlq"}
+    make_bus.extra_queues |= {f"{namespace}.worker{end}" for end in ("", ".dlq", ".suspect")}
     make_bus.extra_exchanges.add(f"{namespace}.ping")
     env = {**os.environ, "CHOREO_TEST_OUT": str(out)}
     command = [
@@ -128,54 +127,44 @@ async def test_worker_killed_with_sigkill_mid_stream_loses_nothing(
         worker.wait()
 
 
-def chaos_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tcp_chaos", tool("tcp-chaos.py"))
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
-async def proxy(broker_url: str) -> AsyncIterator[Any]:
-    """A tcp-chaos proxy in this event loop, in front of the test broker."""
-    from urllib.parse import urlsplit
-
+async def proxy(broker_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in this event loop, in front of the test broker; always closed."""
     parts = urlsplit(broker_url)
-    chaos = chaos_module().ChaosProxy(0, [(parts.hostname, parts.port or 5672)])
-    await chaos.start()
-    yield chaos
-    await chaos.down()
+    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
+        yield proxy
 
 
-def through(proxy: Any, broker_url: str) -> str:
-    from urllib.parse import urlsplit
-
+def through(proxy: FaultProxy, broker_url: str) -> str:
     parts = urlsplit(broker_url)
     auth = f"{parts.username}:{parts.password}@" if parts.username else ""
     return f"amqp://{auth}127.0.0.1:{proxy.port}{parts.path or '/'}?heartbeat=1"
 
 
-async def fault_cut(proxy: Any) -> None:
+async def fault_cut(proxy: FaultProxy) -> None:
     proxy.cut()
 
 
-async def fault_pause(proxy: Any) -> None:
-    proxy.pause()  # black hole: no RST, heartbeats stop; aiormq notices after ~(1+1)*3 s
+async def fault_black_hole(proxy: FaultProxy) -> None:
+    proxy.black_hole()  # no RST, heartbeats stop; aiormq notices after ~(1+1)*3 s
     await asyncio.sleep(8)
     proxy.resume()
 
 
-async def fault_down_up(proxy: Any) -> None:
-    await proxy.down()  # connections cut, new ones refused
+async def fault_refuse_then_accept(proxy: FaultProxy) -> None:
+    proxy.refuse()  # connections cut, new ones reset on arrival
     await asyncio.sleep(3)
-    await proxy.up()
+    proxy.accept()
 
 
-@pytest.mark.parametrize("fault", [fault_cut, fault_pause, fault_down_up], ids=lambda f: f.__name__)
+Fault = Callable[[FaultProxy], Awaitable[None]]
+
+
+@pytest.mark.parametrize(
+    "fault", [fault_cut, fault_black_hole, fault_refuse_then_accept], ids=lambda f: f.__name__
+)
 async def test_connection_faults_lose_no_event_and_consumers_resume(
-    proxy: Any, broker_url: str, namespace: str, fault: Any
+    proxy: FaultProxy, broker_url: str, namespace: str, fault: Fault
 ) -> None:
     """Publisher and consumer both go through the proxy; mid-stream the fault strikes.
     Every confirmed publish is consumed, including those published after the fault."""
@@ -199,31 +188,24 @@ async def test_connection_faults_lose_no_event_and_consumers_resume(
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[list[str]]:
-    """A fresh 3-node cluster on 127.0.0.1:5681-5683, stopped and wiped afterwards."""
-    script = str(tool("rmq-cluster"))
-    subprocess.run([script, "start"], check=True, capture_output=True, timeout=180)
-    try:
-        urls = subprocess.run(
-            [script, "urls"], check=True, capture_output=True, text=True, timeout=60
-        ).stdout.split()
-        yield urls
-    finally:
-        subprocess.run([script, "stop"], capture_output=True, timeout=180)
+def cluster() -> Iterator[RabbitNodes]:
+    """A fresh 3-node cluster choreo-t{1,2,3}@localhost on 127.0.0.1:5691-5693, always
+    stopped and wiped afterwards (skipped without rabbitmq-server, failed in CI)."""
+    with started(3, first=1) as nodes:
+        yield nodes
 
 
 @pytest.mark.cluster
 async def test_cluster_node_with_connection_and_leader_killed_loses_nothing(
-    cluster: list[str],
+    cluster: RabbitNodes,
 ) -> None:
     """Quorum queues, three URLs; node 1 holds the connection and the queue leader and is
     SIGKILLed mid-stream, then restarted: every confirmed event is consumed."""
-    script = str(tool("rmq-cluster"))
     seen: dict[int, int] = {}
     confirmed: set[int] = set()
     namespace = unique("cluster")
     bus = await connect(
-        ",".join(f"{url}?heartbeat=2" for url in cluster),
+        ",".join(f"{url}?heartbeat=2" for url in cluster.urls),
         namespace=namespace,
         queue_type="quorum",
         publish_timeout=90,
@@ -234,9 +216,9 @@ async def test_cluster_node_with_connection_and_leader_killed_loses_nothing(
         async with asyncio.timeout(WAIT):
             while len(confirmed) < 300:
                 await asyncio.sleep(0.01)
-        await asyncio.to_thread(subprocess.run, [script, "kill", "1"], check=True, timeout=60)
+        await asyncio.to_thread(cluster.kill, 1)
         await asyncio.sleep(3)
-        await asyncio.to_thread(subprocess.run, [script, "restart", "1"], check=True, timeout=120)
+        await asyncio.to_thread(cluster.restart, 1)
         async with asyncio.timeout(120):
             await stream
         assert confirmed == set(range(1500))
@@ -246,17 +228,17 @@ async def test_cluster_node_with_connection_and_leader_killed_loses_nothing(
 
 
 async def test_publish_during_a_long_outage_raises_after_publish_timeout(
-    proxy: Any, broker_url: str, namespace: str
+    proxy: FaultProxy, broker_url: str, namespace: str
 ) -> None:
     """The broker stays unreachable: publish raises PublishError, never returns unconfirmed."""
     bus = await connect(through(proxy, broker_url), namespace=namespace, publish_timeout=2)
     try:
         await bus.publish(Stream(n=0))  # declares the exchange while the broker is there
-        await proxy.down()
+        proxy.refuse()
         async with asyncio.timeout(WAIT):
             with pytest.raises(PublishError, match=r"no confirm .* within 2"):
                 await bus.publish(Stream(n=1))
-        await proxy.up()
+        proxy.accept()
     finally:
         await bus.close()
         await delete_on_rabbitmq(broker_url, set(), bus.declared_exchanges)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from choreo import Context, Event, Retry, Service
-from choreo.observe import Observer
+from choreo.observability.observer import Observer
 from choreo.transports.base import Message
 
 from .conftest import Buses
@@ -86,7 +86,7 @@ def get(url: str) -> tuple[int, str]:
 async def start_worker(
     make_bus: Buses, namespace: str, tmp_path: Path, broker: str, *extra: str
 ) -> asyncio.subprocess.Process:
-    make_bus.extra_queues |= {f"{namespace}.worker", f"{namespace}.worker.dlq"}
+    make_bus.extra_queues |= {f"{namespace}.worker{end}" for end in ("", ".dlq", ".suspect")}
     make_bus.extra_exchanges.add(f"{namespace}.ping")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "choreo", "run", "tests.fixtures.worker:service",
@@ -207,3 +207,30 @@ async def test_metrics_and_healthz_during_a_real_run(
             await process.wait()
         proxy.terminate()
         await proxy.wait()
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("transport", ["rabbitmq"], indirect=True)
+async def test_plain_logs_carry_the_ids_of_the_message_handled(
+    make_bus: Buses, namespace: str, tmp_path: Path
+) -> None:
+    """Plain text logs: the handled line and the handler's own log line (a plain
+    logging.getLogger(...).info in the handler) end with the service, event, message id
+    and correlation id, so one choreography can be followed by its id."""
+    process = await start_worker(make_bus, namespace, tmp_path, make_bus.url)
+    lines: list[str] = []
+    try:
+        await read_until(process, "consuming", lines)
+        bus = await make_bus()
+        sent = await bus.publish(Ping(n=1), correlation_id="corr-77")
+        own = await read_until(process, "pong 1", lines)
+        assert own.rstrip().endswith(f"[worker ping {sent} corr=corr-77]")
+        handled = await read_until(process, "handled ping", lines)
+        assert handled.rstrip().endswith("corr=corr-77]")
+        first = await bus.publish(Ping(n=2))  # no correlation id: the chain's id is its own
+        own = await read_until(process, "pong 2", lines)
+        assert own.rstrip().endswith(f"corr={first}]")
+        assert "None" not in "".join(lines)
+    finally:
+        process.terminate()
+        await process.wait()

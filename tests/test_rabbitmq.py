@@ -17,7 +17,7 @@ from choreo import ConfigurationError, ConnectionFailed, Context, Event, Service
 from choreo.transports.base import Delivery, Message, QueueSpec
 
 from .conftest import Buses
-from .helpers import Recorder
+from .helpers import WAIT, Barrier, Recorder
 
 pytestmark = pytest.mark.broker
 
@@ -61,11 +61,12 @@ async def test_plain_aio_pika_consumer_reads_choreo_messages(make_bus: Buses) ->
         assert incoming.exchange == exchange_name
     finally:
         await connection.close()
-    bus.declared_exchanges.add(exchange_name)
+    make_bus.extra_exchanges.add(exchange_name)
 
 
 async def test_topology_is_durable_fanout_and_durable_queues(make_bus: Buses) -> None:
-    """Passive declarations with the documented settings succeed after bus.start."""
+    """After bus.start, passive declarations find the exchange, the queue and the DLQ, the
+    queue is bound to the exchange, and the documented settings are the ones declared."""
     service = Service("inventory")
 
     @service.on(SkuReceived)
@@ -74,15 +75,37 @@ async def test_topology_is_durable_fanout_and_durable_queues(make_bus: Buses) ->
 
     bus = await make_bus()
     await bus.start(service)
+    await bus.stop()  # nothing consumes: what the exchange routes stays in the queue
     connection = await aio_pika.connect(bus.url)
     try:
         channel = await connection.channel()
+        # Passive: NOT_FOUND unless bus.start declared it; a passive declaration creates nothing.
+        exchange = await channel.declare_exchange(f"{bus.namespace}.sku_received", passive=True)
+        queue = await channel.declare_queue(f"{bus.namespace}.inventory", passive=True)
+        await channel.declare_queue(f"{bus.namespace}.inventory.dlq", passive=True)
+        # The binding: a message published to the exchange lands in the service queue.
+        await exchange.publish(
+            aio_pika.Message(b'{"sku": "A1", "quantity": 1}', message_id="bound?"),
+            routing_key="",
+        )
+        incoming = await queue.get(timeout=10)  # QueueEmpty if nothing arrived
+        await incoming.ack()
+        assert incoming.message_id == "bound?"
         # Re-declaring with identical settings is accepted; other settings would close the
         # channel with PRECONDITION_FAILED.
         await channel.declare_exchange(
             f"{bus.namespace}.sku_received", aio_pika.ExchangeType.FANOUT, durable=True
         )
-        await channel.declare_queue(f"{bus.namespace}.inventory", durable=True)
+        dead_lettering = {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"{bus.namespace}.inventory.dlq",
+        }
+        await channel.declare_queue(
+            f"{bus.namespace}.inventory", durable=True, arguments=dead_lettering
+        )
+        await channel.declare_queue(
+            f"{bus.namespace}.inventory.suspect", durable=True, arguments=dead_lettering
+        )
         await channel.declare_queue(f"{bus.namespace}.inventory.dlq", durable=True)
     finally:
         await connection.close()
@@ -113,7 +136,7 @@ async def test_plain_json_from_a_foreign_publisher_is_handled(make_bus: Buses) -
 
 async def test_two_processes_of_a_service_share_its_queue(make_bus: Buses) -> None:
     """Two buses running the same service are competing consumers: each message once."""
-    seen = Recorder()
+    seen, barrier = Recorder(), Barrier()
 
     def make_service(instance: str) -> Service:
         service = Service("inventory", prefetch=1)
@@ -123,14 +146,14 @@ async def test_two_processes_of_a_service_share_its_queue(make_bus: Buses) -> No
             await asyncio.sleep(0.01)
             seen.add((instance, event.sku))
 
-        return service
+        return barrier.join(service, instance)
 
     one, two = await make_bus(), await make_bus()
     await one.start(make_service("one"))
     await two.start(make_service("two"))
     await asyncio.gather(*(one.publish(SkuReceived(sku=str(i), quantity=1)) for i in range(40)))
     items = await seen.wait_for(40)
-    await asyncio.sleep(0.2)
+    await barrier.cross(one, one, two)  # each process handled a sentinel: nothing else comes
     assert sorted(int(sku) for _, sku in items) == list(range(40))
     assert {instance for instance, _ in items} == {"one", "two"}
 
@@ -182,13 +205,18 @@ async def test_settling_a_delivery_twice_keeps_the_channel_alive(make_bus: Buses
     bus = await make_bus()
     queue = f"{bus.namespace}.twice"
     await bus.transport.declare_queue(QueueSpec(queue))
-    bus.declared_queues.add(queue)
-    seen = Recorder()
+    make_bus.extra_queues.add(queue)
+    seen, settled, sentinel = Recorder(), Recorder(), asyncio.Event()
 
     async def settle_twice(delivery: Delivery) -> None:
+        if delivery.message.body == b"sentinel":
+            await delivery.ack()
+            sentinel.set()
+            return
         seen.add(delivery.message.body)
         await delivery.ack()
         await delivery.reject(requeue=True)
+        settled.add(delivery.message.body)
 
     consumer = await bus.transport.consume(queue, settle_twice, prefetch=10)
     try:
@@ -196,7 +224,10 @@ async def test_settling_a_delivery_twice_keeps_the_channel_alive(make_bus: Buses
         await seen.wait_for(1)
         await bus.transport.publish(Message(body=b"second"), "", queue)
         assert await seen.wait_for(2) == [b"first", b"second"]
-        await asyncio.sleep(0.3)  # room for a wrongly requeued "first" to come back
+        await settled.wait_for(2)  # both settled twice: a wrong requeue was sent by now
+        await bus.transport.publish(Message(body=b"sentinel"), "", queue)
+        async with asyncio.timeout(WAIT):
+            await sentinel.wait()  # a wrongly requeued message would have come back first
         assert seen.items == [b"first", b"second"]
     finally:
         await consumer.close()

@@ -10,11 +10,10 @@ import pytest
 
 from choreo import Bus, Context, Event, Retry, Service, Unroutable
 from choreo import dlq as dlq_tools
-from choreo.transports import memory
 from choreo.transports.base import Message
 
-from .conftest import Buses, delete_on_rabbitmq
-from .helpers import Recorder, drain_queue, ready_count
+from .conftest import Buses
+from .helpers import Barrier, Recorder, drain_queue, ready_count
 
 
 class SkuProcessed(Event):
@@ -52,13 +51,13 @@ class TestBrokerRetries:
 
     async def test_retry_through_the_broker_can_succeed(self, make_bus: Buses) -> None:
         """A handler that succeeds on attempt 2 (after a broker wait) acks; no dead letter."""
-        calls = Recorder()
+        calls, barrier = Recorder(), Barrier()
         policy = Retry(attempts=3, delay=0.2, in_process_max_delay=0)
         bus = await make_bus()
-        await bus.start(failing_service(calls, policy, fail_until=2))
+        await bus.start(barrier.join(failing_service(calls, policy, fail_until=2)))
         await bus.publish(SkuProcessed(sku="A1"))
         await calls.wait_for(2)
-        await asyncio.sleep(0.1)
+        await barrier.cross(bus)  # a redelivered A1 would have been handled before the sentinel
         await bus.stop()
         assert calls.items == [("A1", 1), ("A1", 2)]
         assert await ready_count(bus, f"{bus.namespace}.catalog.dlq") == 0
@@ -136,11 +135,7 @@ class TestNothingLost:
         calls = Recorder()
         bus = await make_bus()
         await bus.start(failing_service(calls, Retry(attempts=1)))
-        dlq = f"{bus.namespace}.catalog.dlq"
-        if bus.url.startswith("memory"):
-            memory.broker(bus.url.removeprefix("memory://")).queues.pop(dlq)
-        else:
-            await delete_on_rabbitmq(bus.url, {dlq}, set())
+        await bus.transport.delete_queue(f"{bus.namespace}.catalog.dlq")
         await bus.publish(SkuProcessed(sku="A1"))
         await calls.wait_for(1)
         await bus.stop()

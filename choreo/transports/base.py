@@ -21,6 +21,7 @@ __all__ = [
     "Consumer",
     "Delivery",
     "Message",
+    "OnCancelled",
     "OnMessage",
     "QueueSpec",
     "Transport",
@@ -44,6 +45,7 @@ class Message:
     reply_to: str | None = None
     expiration: float | None = None  # seconds the broker keeps it before dropping it
     persistent: bool = True
+    undecodable: str | None = None  # why the transport could not decode it all (foreign input)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class Delivery(abc.ABC):
 
 
 OnMessage = Callable[[Delivery], Coroutine[Any, Any, None]]
+OnCancelled = Callable[[], Coroutine[Any, Any, None]]
 
 
 class Consumer(abc.ABC):
@@ -89,6 +92,14 @@ class Consumer(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Cancel, and give every delivery not yet settled back to the queue."""
+
+    @abc.abstractmethod
+    async def pause(self) -> None:
+        """Stop receiving new deliveries for now; those handed over still settle."""
+
+    @abc.abstractmethod
+    async def resume(self) -> None:
+        """Receive deliveries again after :meth:`pause`."""
 
 
 class Transport(abc.ABC):
@@ -121,8 +132,18 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def consume(self, queue: str, on_message: OnMessage, prefetch: int) -> Consumer:
-        """Deliver messages of ``queue`` to ``on_message``, at most ``prefetch`` unsettled."""
+    async def consume(
+        self,
+        queue: str,
+        on_message: OnMessage,
+        prefetch: int,
+        on_cancelled: OnCancelled | None = None,
+    ) -> Consumer:
+        """Deliver messages of ``queue`` to ``on_message``, at most ``prefetch`` unsettled.
+
+        When the broker ends the subscription (the queue was deleted), the consumer is left
+        paused and ``on_cancelled`` runs in a task of its own: it may restore the queue and
+        call ``resume()``."""
 
     @abc.abstractmethod
     async def request(
@@ -159,3 +180,8 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def purge(self, queue: str) -> int:
         """Drop every ready message of ``queue``; return how many there were."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, queue: str) -> None:
+        """Delete ``queue`` and what it holds (its consumers are cancelled); no error when
+        there is no such queue."""

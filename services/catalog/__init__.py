@@ -47,7 +47,7 @@ async def refresh_product(event: SkuProcessed, ctx: Context) -> None:
     )
     state = "available" if reply.available > 0 else "unavailable"
     log.info(
-        f"marked {state}",
+        f"{event.sku} marked {state}",
         extra={
             "service": ctx.service,
             "event": ctx.event_name,

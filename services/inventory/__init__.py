@@ -57,7 +57,7 @@ def available(sku: str) -> Availability:
 
 def note(ctx: Context, sku: str, what: str) -> None:
     log.info(
-        what,
+        f"{sku} {what}",  # the SKU in the line: one SKU can be followed across the services
         extra={
             "service": ctx.service,
             "event": ctx.event_name,

@@ -62,7 +62,7 @@ async def notify_wishers(event: SkuProcessed, ctx: Context) -> None:
     before, version = row if row else (0, 0)
     if reply.version <= version:  # an answer we have already applied, or an older one
         conn.execute("COMMIT")
-        log.info("nothing new", extra=where)
+        log.info(f"{event.sku} nothing new", extra=where)
         return
     conn.execute(
         "INSERT INTO sku_state VALUES (?, ?, ?) ON CONFLICT (sku) DO UPDATE SET "
@@ -82,6 +82,6 @@ async def notify_wishers(event: SkuProcessed, ctx: Context) -> None:
                 emailed.append(email)
     conn.execute("COMMIT")
     if emailed:
-        log.info(f"emailed {', '.join(emailed)}: back in stock", extra=where)
+        log.info(f"{event.sku} emailed {', '.join(emailed)}: back in stock", extra=where)
     else:
-        log.info(f"{reply.available} available, nobody to notify", extra=where)
+        log.info(f"{event.sku} {reply.available} available, nobody to notify", extra=where)

@@ -25,12 +25,15 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from ...errors import ConnectionFailed
-from ..base import Consumer, Delivery, OnMessage
-from ._wire import AMQP_ERRORS, from_delivered, from_incoming
+from ..base import Consumer, Delivery, OnCancelled, OnMessage
+from ._amqp import from_delivered, from_incoming
+from ._errors import AMQP_ERRORS, translated
 
 __all__ = ["IncomingDelivery", "RabbitConsumer"]
 
 log = logging.getLogger("choreo.rabbitmq")
+
+CHANNEL_CLOSE_TIMEOUT = 1.0  # seconds; a channel closes in milliseconds unless it is stuck
 
 
 class _Acks:
@@ -157,13 +160,22 @@ class IncomingDelivery(Delivery):
 class RabbitConsumer(Consumer):
     """One subscription to a queue, on a robust channel of its own."""
 
-    def __init__(self, channel: AbstractRobustChannel, queue: str, on_message: OnMessage) -> None:
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        queue: str,
+        on_message: OnMessage,
+        on_cancelled: OnCancelled | None = None,
+    ) -> None:
         self._channel = channel
         self._queue = queue
         self._on_message = on_message
         self._acks = _Acks()
         self._tag: str | None = None
         self._cancelled = False
+        self._paused = False
+        self._on_cancelled = on_cancelled
+        self._restoring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._subscribe()
@@ -171,7 +183,8 @@ class RabbitConsumer(Consumer):
 
     async def _subscribe(self) -> None:
         underlay = await self._channel.get_underlay_channel()
-        self._acks.reset(underlay)
+        if underlay is not self._acks.channel:  # a new channel: old tags mean nothing
+            self._acks.reset(underlay)
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         ok = await underlay.basic_consume(self._queue, self._deliver, no_ack=False)
         self._tag = ok.consumer_tag
@@ -180,27 +193,31 @@ class RabbitConsumer(Consumer):
         await self._on_message(_RabbitDelivery(delivered, self._acks))
 
     async def _on_reopen(self, *_: Any) -> None:
-        if not self._cancelled:
+        if not self._cancelled and not self._paused:
             await self._subscribe()
             log.info("consuming %s again after a reconnect", self._queue)
 
     async def _on_broker_cancel(self, frame: Basic.Cancel) -> None:
-        """The broker ended the subscription (queue deleted or moved): subscribe again."""
+        """The broker ended the subscription (queue deleted or moved). This runs inside
+        aiormq's frame reader: calling the broker from here would deadlock it, so the
+        consumer only marks itself paused and leaves the restoring to ``on_cancelled``,
+        in a task of its own."""
         if self._cancelled or frame.consumer_tag != self._tag:
             return
-        log.warning("the broker cancelled the consumer of %s; subscribing again", self._queue)
-        while not self._cancelled and not self._channel.is_closed:
-            try:
-                await self._subscribe()
-                return
-            except AMQP_ERRORS as exc:
-                log.error("cannot consume %s again (%s); retrying in 5 s", self._queue, exc)
-                await asyncio.sleep(5)
+        self._tag = None
+        self._paused = True
+        log.warning("the broker cancelled the consumer of %s", self._queue)
+        if self._on_cancelled is not None:
+            task = asyncio.get_running_loop().create_task(self._on_cancelled())
+            self._restoring.add(task)
+            task.add_done_callback(self._restoring.discard)
 
     async def cancel(self) -> None:
         if self._cancelled:
             return
         self._cancelled = True
+        for task in list(self._restoring):
+            task.cancel()
         self._channel.reopen_callbacks.discard(self._on_reopen)
         channel, tag = self._acks.channel, self._tag
         if channel is None or tag is None or channel.is_closed:
@@ -210,9 +227,27 @@ class RabbitConsumer(Consumer):
         except AMQP_ERRORS as exc:
             log.debug("cancel of consumer %s failed: %s", tag, exc)
 
+    async def pause(self) -> None:
+        self._paused = True
+        channel, tag, self._tag = self._acks.channel, self._tag, None
+        if channel is None or tag is None or channel.is_closed:
+            return
+        with translated(f"pausing the consumer of {self._queue!r}"):
+            await channel.basic_cancel(tag)
+
+    async def resume(self) -> None:
+        if self._cancelled or not self._paused:
+            return
+        self._paused = False
+        with translated(f"resuming the consumer of {self._queue!r}"):
+            await self._subscribe()
+
     async def close(self) -> None:
         await self.cancel()
         await self._acks.flush()
         if not self._channel.is_closed:
-            with contextlib.suppress(*AMQP_ERRORS):
-                await self._channel.close()
+            # aiormq waits for the channel's delivery tasks: a handler that ignores its
+            # cancellation would hold the close (and the process) forever
+            with contextlib.suppress(*AMQP_ERRORS, TimeoutError):
+                async with asyncio.timeout(CHANNEL_CLOSE_TIMEOUT):
+                    await self._channel.close()

@@ -20,14 +20,11 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import AbstractChannel as Underlay
+from aiormq.abc import DeliveredMessage
 
-from ...config import redact
+from ...config import redact, scrub
 from ...errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -36,13 +33,27 @@ from ...errors import (
     RequestTimeout,
     Unroutable,
 )
-from ..base import FANOUT, Consumer, Delivery, Message, OnMessage, QueueSpec, Transport
+from ..base import (
+    FANOUT,
+    Consumer,
+    Delivery,
+    Message,
+    OnCancelled,
+    OnMessage,
+    QueueSpec,
+    Transport,
+)
+from ._amqp import REPLY_TO, FailoverConnection, from_delivered, properties
 from ._consumer import IncomingDelivery, RabbitConsumer
-from ._wire import AMQP_ERRORS, REPLY_TO, FailoverConnection, from_incoming, properties
+from ._errors import AMQP_ERRORS, translated
 
 __all__ = ["RabbitMQTransport"]
 
 log = logging.getLogger("choreo.rabbitmq")
+
+MAX_PREFETCH = 65_535  # basic.qos carries the prefetch count in a short
+DEFAULT_PUBLISH_WINDOW = 1024
+CLOSE_TIMEOUT = 2.0  # seconds; a connection closes in milliseconds unless a channel is stuck
 
 
 class RabbitMQTransport(Transport):
@@ -55,14 +66,20 @@ class RabbitMQTransport(Transport):
         connection_name: str = "choreo",
         connect_timeout: float = 10.0,
         publish_timeout: float = 30.0,
+        publish_window: int = DEFAULT_PUBLISH_WINDOW,
     ) -> None:
         self.url = url
         self.connection_name = connection_name
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
+        # publishes waiting for their confirm at once; the others wait for a slot first,
+        # and their publish_timeout starts only then
+        self._window = asyncio.Semaphore(publish_window)
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._rpc_channel: AbstractChannel | None = None
+        self._declare_channel: AbstractChannel | None = None
+        self._rpc_channel: Underlay | None = None
+        self._rpc_on: object = None  # the aiormq connection the reply channel belongs to
         self._rpc_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[Message]] = {}
 
@@ -88,10 +105,11 @@ class RabbitMQTransport(Transport):
                 )
                 await connection.connect(timeout=self.connect_timeout)
             except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
-                problems.append(f"{where}: {str(exc) or type(exc).__name__}")
+                problems.append(f"{where}: {scrub(str(exc), self.url) or type(exc).__name__}")
                 continue
             except ValueError as exc:  # yarl/aiormq reject a malformed URL
-                raise ConfigurationError(f"invalid broker URL {where}: {exc}") from exc
+                problem = scrub(str(exc), self.url)
+                raise ConfigurationError(f"invalid broker URL {where}: {problem}") from exc
             self._connection = connection
             try:
                 self._channel = await self._publish_channel()
@@ -108,15 +126,16 @@ class RabbitMQTransport(Transport):
 
     async def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
-        self._rpc_channel = None
+        self._rpc_channel = self._declare_channel = None
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionFailed("the bus was closed"))
         if connection is not None and not connection.is_closed:
             try:
-                await connection.close()
-            except (aiormq.exceptions.AMQPError, OSError) as exc:
-                log.debug("closing the connection failed: %s", exc)
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await connection.close()
+            except (*AMQP_ERRORS, TimeoutError) as exc:  # type: ignore[misc]
+                log.debug("closing the connection failed: %r", exc)
 
     @property
     def channel(self) -> AbstractChannel:
@@ -124,25 +143,32 @@ class RabbitMQTransport(Transport):
             raise ConnectionFailed("the RabbitMQ transport is not connected")
         return self._channel
 
+    async def _declaring(self) -> AbstractChannel:
+        """The channel declarations go through: a refused declaration closes it (and only
+        it), so it is reopened on the next use."""
+        channel = self._declare_channel
+        if channel is None or channel.is_closed:
+            if self._connection is None:
+                raise ConnectionFailed("the RabbitMQ transport is not connected")
+            with translated("the declaring channel"):
+                channel = self._declare_channel = await self._connection.channel()
+        return channel
+
     async def declare_exchange(self, name: str, kind: str = FANOUT) -> None:
-        try:
-            await self.channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise ConfigurationError(
-                f"exchange {name!r} exists with other settings: {exc}"
-            ) from exc
+        channel = await self._declaring()
+        with translated(f"exchange {name!r}"):
+            await channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
 
     async def declare_queue(self, spec: QueueSpec) -> None:
-        try:
-            queue = await self.channel.declare_queue(
+        channel = await self._declaring()
+        with translated(f"queue {spec.name!r}"):
+            queue = await channel.declare_queue(
                 spec.name, durable=True, arguments=dict(spec.arguments) or None
             )
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise ConfigurationError(
-                f"queue {spec.name!r} exists with other settings: {exc}"
-            ) from exc
         for exchange, key in spec.bindings:
-            await queue.bind(exchange, routing_key=key)
+            channel = await self._declaring()
+            with translated(f"binding of queue {spec.name!r} to {exchange!r}"):
+                await queue.bind(exchange, routing_key=key)
 
     async def publish(
         self, message: Message, exchange: str, routing_key: str = "", *, mandatory: bool = False
@@ -153,44 +179,55 @@ class RabbitMQTransport(Transport):
         reconnect (at-least-once: the broker may then hold it twice). A nack reopens the
         channel before the next try: on RabbitMQ 3.10 a channel whose first publish met a
         quorum-queue leader election keeps being nacked.
+
+        At most ``publish_window`` publishes are in flight at once; the others wait for a
+        slot (backpressure), and their timeout counts from then: it bounds the wait for
+        the broker, not the queueing in this process.
         """
-        props = properties(message)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
-        last: BaseException | None = None
-        while (remaining := deadline - loop.time()) > 0:
-            channel = self.channel
-            try:
-                async with asyncio.timeout(remaining):
-                    underlay = await channel.get_underlay_channel()
-                    await underlay.basic_publish(
-                        message.body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=props,
-                        mandatory=mandatory,
-                    )
-                return
-            except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue was bound
-                raise Unroutable(f"no queue is bound for {routing_key or exchange!r}") from exc
-            except aio_pika.exceptions.DeliveryError as exc:  # Basic.Nack
-                last = exc
-                await self._reopen_publish_channel(channel)
-            except TimeoutError:
-                break
-            except asyncio.CancelledError as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                last = exc  # aiormq cancels in-flight publishes when it finds the peer dead
-            except AMQP_ERRORS as exc:
-                last = exc
-            await self._wait_connected(deadline)
-        reason = f": {type(last).__name__}: {last}" if last else ""
-        raise PublishError(
-            f"no confirm for a message to {exchange or routing_key!r} "
-            f"within {self.publish_timeout}s{reason}"
-        )
+        await self._window.acquire()  # (not `async with`: one frame less per publish)
+        try:
+            props = properties(message)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.publish_timeout
+            last: BaseException | None = None
+            while (remaining := deadline - loop.time()) > 0:
+                channel = self.channel
+                try:
+                    async with asyncio.timeout(remaining):
+                        underlay = await channel.get_underlay_channel()
+                        await underlay.basic_publish(
+                            message.body,
+                            exchange=exchange,
+                            routing_key=routing_key,
+                            properties=props,
+                            mandatory=mandatory,
+                        )
+                    return
+                except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue was bound
+                    raise Unroutable(f"no queue is bound for {routing_key or exchange!r}") from exc
+                except aiormq.exceptions.ChannelNotFoundEntity as exc:  # the channel is closed now
+                    await self._reopen_publish_channel(channel)
+                    raise PublishError(f"cannot publish to {exchange!r}: {exc}") from exc
+                except aio_pika.exceptions.DeliveryError as exc:  # Basic.Nack
+                    last = exc
+                    await self._reopen_publish_channel(channel)
+                except TimeoutError:
+                    break
+                except asyncio.CancelledError as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    last = exc  # aiormq cancels in-flight publishes when it finds the peer dead
+                except AMQP_ERRORS as exc:
+                    last = exc
+                await self._wait_connected(deadline)
+            reason = f": {type(last).__name__}: {last}" if last else ""
+            raise PublishError(
+                f"no confirm for a message to {exchange or routing_key!r} "
+                f"within {self.publish_timeout}s{reason}"
+            )
+        finally:
+            self._window.release()
 
     async def _reopen_publish_channel(self, failed: AbstractChannel) -> None:
         if self._channel is not failed or self._connection is None:
@@ -213,51 +250,50 @@ class RabbitMQTransport(Transport):
                 await self._connection.connected.wait()
 
     async def queue_size(self, queue: str) -> int:
-        channel = await self.channel_for_consumer(1)
-        try:
+        async with self._short_channel(queue, 1) as channel:
             declared = await channel.declare_queue(queue, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            raise ConfigurationError(f"no queue {queue!r} on the broker") from exc
-        finally:
-            if not channel.is_closed:
-                await channel.close()
         return int(declared.declaration_result.message_count or 0)
 
     @contextlib.asynccontextmanager
-    async def fetch(self, queue: str, limit: int) -> AsyncIterator[list[Delivery]]:
-        channel = await self.channel_for_consumer(limit)
+    async def _short_channel(self, queue: str, prefetch: int) -> AsyncIterator[AbstractChannel]:
+        """A channel for one operation on ``queue``, closed afterwards (which gives back
+        what was fetched and not settled); errors translated."""
+        channel = await self.channel_for_consumer(prefetch)
         try:
-            try:
-                found = await channel.declare_queue(queue, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                raise ConfigurationError(f"no queue {queue!r} on the broker") from exc
+            with translated(f"queue {queue!r}"):
+                yield channel
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(*AMQP_ERRORS):
+                    await channel.close()
+
+    @contextlib.asynccontextmanager
+    async def fetch(self, queue: str, limit: int) -> AsyncIterator[list[Delivery]]:
+        # basic.get ignores the prefetch, and a prefetch over 65,535 does not fit the frame
+        async with self._short_channel(queue, 0) as channel:
+            found = await channel.declare_queue(queue, passive=True)
             deliveries: list[Delivery] = []
             while len(deliveries) < limit:
                 incoming = await found.get(no_ack=False, fail=False)
                 if incoming is None:
                     break
                 deliveries.append(IncomingDelivery(incoming))
-            yield deliveries
-        finally:  # closing the channel returns what was not settled, in order
-            if not channel.is_closed:
-                await channel.close()
+            yield deliveries  # closing the channel returns what was not settled, in order
 
     async def purge(self, queue: str) -> int:
-        channel = await self.channel_for_consumer(1)
-        try:
+        async with self._short_channel(queue, 1) as channel:
             found = await channel.declare_queue(queue, passive=True)
             result = await found.purge()
-        except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            raise ConfigurationError(f"no queue {queue!r} on the broker") from exc
-        finally:
-            if not channel.is_closed:
-                await channel.close()
         return int(result.message_count or 0)
+
+    async def delete_queue(self, queue: str) -> None:
+        channel = await self._declaring()
+        with translated(f"queue {queue!r}"):
+            await channel.queue_delete(queue)
 
     async def request(
         self, message: Message, exchange: str, routing_key: str, timeout: float
     ) -> Message:
-        channel = await self._reply_channel()
         key = message.message_id or ""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
@@ -267,9 +303,9 @@ class RabbitMQTransport(Transport):
         )
         try:
             async with asyncio.timeout(timeout):
-                underlay = await channel.get_underlay_channel()
+                channel = await self._reply_channel()
                 try:
-                    await underlay.basic_publish(
+                    await channel.basic_publish(
                         message.body,
                         exchange=exchange,
                         routing_key=routing_key,
@@ -278,49 +314,71 @@ class RabbitMQTransport(Transport):
                     )
                 except aiormq.exceptions.PublishError as exc:
                     raise NoResponder(f"nothing is bound for {routing_key!r}") from exc
-                except AMQP_ERRORS as exc:
-                    raise PublishError(f"could not send request {routing_key!r}: {exc}") from exc
+                except (*AMQP_ERRORS, asyncio.CancelledError) as exc:  # type: ignore[misc]
+                    task = asyncio.current_task()
+                    if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                        raise
+                    raise ConnectionFailed(
+                        f"request {routing_key!r} not sent, the connection dropped: {exc}"
+                    ) from exc
                 return await future
         except TimeoutError:
             raise RequestTimeout(f"no reply within {timeout}s") from None
         finally:
             self._pending.pop(key, None)
 
-    async def _reply_channel(self) -> AbstractChannel:
-        """The channel that sends requests and consumes their replies (direct reply-to)."""
+    async def _reply_channel(self) -> Underlay:
+        """The channel that sends requests and consumes their replies (direct reply-to),
+        on the current connection: after a reconnect a new one is opened, and its reply
+        consumer is in place before any request goes out on it (RabbitMQ refuses a
+        request on a channel without one, and closes the channel)."""
         async with self._rpc_lock:
-            if self._rpc_channel is None:
-                if self._connection is None:
-                    raise ConnectionFailed("the RabbitMQ transport is not connected")
-                channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-                replies = await channel.declare_queue(REPLY_TO, passive=True)
-                await replies.consume(self._on_reply, no_ack=True)
-                self._rpc_channel = channel
-            return self._rpc_channel
+            connection = self._connection
+            if connection is None:
+                raise ConnectionFailed("the RabbitMQ transport is not connected")
+            await connection.connected.wait()  # reconnecting: the caller's timeout bounds it
+            underlay = connection.transport.connection if connection.transport else None
+            if underlay is None:
+                raise ConnectionFailed("the connection to RabbitMQ is being restored")
+            channel = self._rpc_channel
+            if channel is not None and self._rpc_on is underlay and not channel.is_closed:
+                return channel
+            with translated("the direct reply-to consumer"):
+                channel = await underlay.channel(publisher_confirms=True)
+                await channel.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+            self._rpc_channel, self._rpc_on = channel, underlay
+            return channel
 
-    async def _on_reply(self, incoming: AbstractIncomingMessage) -> None:
-        future = self._pending.get(incoming.correlation_id or "")
+    async def _on_reply(self, delivered: DeliveredMessage) -> None:
+        future = self._pending.get(delivered.header.properties.correlation_id or "")
         if future is not None and not future.done():
-            future.set_result(from_incoming(incoming))
+            future.set_result(from_delivered(delivered))
 
-    async def consume(self, queue: str, on_message: OnMessage, prefetch: int) -> Consumer:
+    async def consume(
+        self,
+        queue: str,
+        on_message: OnMessage,
+        prefetch: int,
+        on_cancelled: OnCancelled | None = None,
+    ) -> Consumer:
         channel = await self.channel_for_consumer(prefetch)
-        consumer = RabbitConsumer(channel, queue, on_message)
+        consumer = RabbitConsumer(channel, queue, on_message, on_cancelled)
         try:
-            await consumer.start()
-        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            with translated(f"cannot consume queue {queue!r}"):
+                await consumer.start()
+        except BaseException:
             with contextlib.suppress(*AMQP_ERRORS):
                 await channel.close()
-            raise ConfigurationError(f"cannot consume {queue!r}: no such queue") from exc
+            raise
         return consumer
 
     async def channel_for_consumer(self, prefetch: int) -> AbstractRobustChannel:
         """A channel of its own, with ``prefetch``; reopened after a reconnect."""
         if self._connection is None:
             raise ConnectionFailed("the RabbitMQ transport is not connected")
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
+        with translated("a new channel"):
+            channel = await self._connection.channel()
+            if prefetch:
+                await channel.set_qos(prefetch_count=min(prefetch, MAX_PREFETCH))
         assert isinstance(channel, AbstractRobustChannel)
         return channel

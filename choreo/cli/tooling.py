@@ -1,29 +1,22 @@
-"""The tooling commands of ``choreo``: ``graph``, ``check`` and ``asyncapi`` read what
-services declare in code; ``publish`` sends one event from the command line."""
+"""``choreo graph``, ``check`` and ``asyncapi``: read what services declare in code; they
+touch no broker."""
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from . import config
-from .asyncapi import dump, generate
-from .bus import connect
-from .check import check as check_choreography
-from .cli_support import BrokerOption, DebugOption, NamespaceOption, errors, fail, warn
-from .errors import Unroutable
-from .graph import Choreography, choreography, render
+from .. import config
+from ..tooling.asyncapi import dump, generate
+from ..tooling.check import check as check_choreography
+from ..tooling.graph import Choreography, choreography, render
+from ._common import DebugOption, NamespaceOption, errors, fail
 from .loader import load_service
-from .publish import message_for, publish_json, read_payload
-from .topology import exchange_name
 
-__all__ = ["UNROUTABLE_EXIT", "register"]
-
-UNROUTABLE_EXIT = 3
+__all__ = ["asyncapi", "check", "graph"]
 
 TargetsArgument = Annotated[
     list[str],
@@ -58,7 +51,7 @@ def graph(
 ) -> None:
     """Print the choreography map: which service emits, consumes, asks and answers what.
 
-    
+    \b
     Examples:
       choreo graph services.warehouse:service services.inventory:service
           services.catalog:service services.wishlist:service > choreography.mmd
@@ -90,7 +83,7 @@ def check(
 ) -> None:
     """Check the services' declarations as one choreography; exit 1 when one is broken.
 
-    
+    \b
     Examples:
       choreo check services.warehouse:service services.inventory:service
           services.catalog:service services.wishlist:service
@@ -133,7 +126,7 @@ def asyncapi(
         typer.Option(
             "--format",
             "-f",
-            help="json or yaml (yaml needs choreo[yaml]); default: yaml for a -o file "
+            help="json or yaml (yaml needs choreo-mq[yaml]); default: yaml for a -o file "
             "ending in .yaml or .yml, else json.",
             show_default=False,
         ),
@@ -145,7 +138,7 @@ def asyncapi(
 ) -> None:
     """Write an AsyncAPI 3.0.0 document of the services, from their declarations.
 
-    
+    \b
     Examples:
       choreo asyncapi services.warehouse:service services.inventory:service
           services.catalog:service services.wishlist:service -o asyncapi.yaml
@@ -173,64 +166,3 @@ def asyncapi(
     except OSError as exc:
         fail(f"cannot write {str(output)!r}: {exc.strerror or exc}", 1)
     typer.echo(f"wrote {output} (AsyncAPI 3.0.0, {chosen.value})")
-
-
-def publish(
-    event_name: Annotated[
-        str, typer.Argument(help="The event's name, e.g. sku_received.", metavar="EVENT_NAME")
-    ],
-    payload: Annotated[
-        str,
-        typer.Argument(
-            help="The event's fields as a JSON object, or @FILE holding it (@- reads stdin).",
-            metavar="JSON_OR_@FILE",
-        ),
-    ],
-    broker: BrokerOption = None,
-    namespace: NamespaceOption = None,
-    correlation_id: Annotated[
-        str | None, typer.Option("--correlation-id", help="correlation_id of the message.")
-    ] = None,
-    debug: DebugOption = False,
-) -> None:
-    """Publish one event to its exchange; print its message id once the broker confirmed.
-
-    
-    Examples:
-      choreo publish sku_received '{"sku": "SKU-3", "quantity": 5, "warehouse": "north"}'
-      choreo publish sku_received @report.json --namespace staging --correlation-id r-42
-      echo '{"sku": "SKU-3"}' | choreo publish sku_processed @-
-
-    The message follows the wire contract (JSON body, persistent, message_id, timestamp,
-    type=EVENT_NAME); the payload is not checked against any model. Exit 0: confirmed.
-    Exit 3: confirmed, but no queue is bound to the event's exchange, so nobody receives
-    it (a warning on stderr). Exit 2: bad JSON, unreadable @FILE, bad name or URL. Exit 1:
-    the broker cannot be reached or did not confirm.
-    """
-    with errors(debug):
-        fields = read_payload(payload)
-        message_for(event_name, fields)  # a bad name fails before connecting
-        bus = connect(broker, namespace=namespace, connection_name="choreo publish")
-
-        async def send() -> str:
-            async with bus:
-                return await publish_json(bus, event_name, fields, correlation_id=correlation_id)
-
-        try:
-            message_id = asyncio.run(send())
-        except Unroutable:
-            warn(
-                f"no queue is bound to exchange {exchange_name(bus.namespace, event_name)!r}: "
-                f"nobody consumes {event_name!r} there, so the event was dropped "
-                "(start its consumers, or run `choreo topology --apply`, first)"
-            )
-            raise typer.Exit(UNROUTABLE_EXIT) from None
-    typer.echo(message_id)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the commands to the ``choreo`` application."""
-    app.command()(graph)
-    app.command()(check)
-    app.command()(asyncapi)
-    app.command()(publish)

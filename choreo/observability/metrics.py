@@ -1,6 +1,6 @@
 """Prometheus metrics and the ``/metrics`` + ``/healthz`` endpoint of ``choreo run``.
 
-Needs the optional extra ``choreo[metrics]`` (prometheus-client). Metrics, per service
+Needs the optional extra ``choreo-mq[metrics]`` (prometheus-client). Metrics, per service
 and event: ``choreo_consumed_total``, ``choreo_handled_total`` (by outcome: ok, retry,
 requeued, dead-lettered, poison, error), ``choreo_handler_duration_seconds``; per
 service ``choreo_in_flight``; per event ``choreo_published_total`` and
@@ -13,22 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
-from .observe import Observer
+from ..errors import ConfigurationError
+from .observer import Observer, Outcome
 
 if TYPE_CHECKING:
-    from .bus import Bus
-
-try:
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-    from prometheus_client.core import GaugeMetricFamily
-    from prometheus_client.registry import Collector
-
-    INSTALLED = True
-except ImportError:  # pragma: no cover - the extra is not installed
-    INSTALLED = False
+    from ..bus import Bus
 
 __all__ = ["PrometheusObserver", "serve"]
 
@@ -37,10 +28,12 @@ class PrometheusObserver(Observer):
     """Logs like the default observer, and counts into its own registry."""
 
     def __init__(self) -> None:
-        if not INSTALLED:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Histogram
+        except ImportError:
             raise ConfigurationError(
-                "metrics need prometheus-client: pip install 'choreo[metrics]'"
-            )
+                "metrics need prometheus-client: pip install 'choreo-mq[metrics]'"
+            ) from None
         self.registry = CollectorRegistry()
         labels = ("service", "event")
         self._consumed = Counter(
@@ -68,7 +61,7 @@ class PrometheusObserver(Observer):
         self,
         service: str,
         event: str | None,
-        outcome: str,
+        outcome: Outcome,
         duration: float,
         attempt: int,
         message_id: str | None,
@@ -77,7 +70,7 @@ class PrometheusObserver(Observer):
         super().handled(service, event, outcome, duration, attempt, message_id, correlation_id)
         name = event or ""
         self._consumed.labels(service, name).inc()
-        self._handled.labels(service, name, outcome).inc()
+        self._handled.labels(service, name, outcome.value).inc()
         self._duration.labels(service, name).observe(duration)
 
     def published(self, event: str, confirm_seconds: float) -> None:
@@ -85,16 +78,20 @@ class PrometheusObserver(Observer):
         self._confirm.labels(event).observe(confirm_seconds)
 
     def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return bytes(generate_latest(self.registry))
 
 
-class _InFlight(Collector):
-    """``choreo_in_flight{service}``, read from the bus at scrape time."""
+class _InFlight:
+    """``choreo_in_flight{service}``, read from the bus at scrape time (a collector)."""
 
     def __init__(self, observer: PrometheusObserver) -> None:
         self.observer = observer
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
         gauge = GaugeMetricFamily(
             "choreo_in_flight", "Deliveries being handled", labels=["service"]
         )

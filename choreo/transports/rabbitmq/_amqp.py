@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.robust_connection import RobustConnection
 from aiormq.abc import DeliveredMessage
@@ -18,9 +17,9 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from ..base import Message
+from ._codec_guard import OUT_OF_RANGE, UndecodableTable
 
 __all__ = [
-    "AMQP_ERRORS",
     "DEFAULT_HEARTBEAT",
     "REPLY_TO",
     "FailoverConnection",
@@ -30,7 +29,6 @@ __all__ = [
 ]
 
 REPLY_TO = "amq.rabbitmq.reply-to"
-AMQP_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 DEFAULT_HEARTBEAT = 10  # seconds; a silent (black-holed) broker is noticed after ~3 of them
 
 
@@ -62,15 +60,26 @@ def _seconds(timestamp: datetime | None) -> int | None:
 def from_delivered(delivered: DeliveredMessage) -> Message:
     """The ``Message`` of a delivery (or a reply) as aiormq hands it over."""
     props = delivered.header.properties
+    timestamp, headers, undecodable = props.timestamp, props.headers, None
+    if timestamp is OUT_OF_RANGE or type(headers) is UndecodableTable:  # see _codec_guard
+        problems = []
+        if timestamp is OUT_OF_RANGE:
+            problems.append("the timestamp property is out of range (seconds since 1970 expected)")
+            timestamp = None
+        if isinstance(headers, UndecodableTable):
+            problems.append(headers.reason)
+            headers = None
+        undecodable = "; ".join(problems)
     return Message(
         body=delivered.body,
         message_id=props.message_id,
         type=props.message_type,
         correlation_id=props.correlation_id,
         content_type=props.content_type,
-        timestamp=_seconds(props.timestamp),
-        headers=props.headers or {},
+        timestamp=_seconds(timestamp),
+        headers=headers or {},
         reply_to=props.reply_to,
+        undecodable=undecodable,
     )
 
 

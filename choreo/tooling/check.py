@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .events import Event
+from ..events import Event
 from .graph import Choreography, qualname
 
 __all__ = ["Problem", "check", "comparable_schema"]

@@ -9,8 +9,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from . import config
-from .errors import ChoreoError, ConfigurationError
+from .. import config
+from ..errors import ChoreoError, ConfigurationError
 
 __all__ = ["BrokerOption", "DebugOption", "NamespaceOption", "errors", "fail", "warn"]
 

@@ -6,8 +6,8 @@ import importlib
 import os
 import sys
 
-from .errors import ConfigurationError
-from .service import Service
+from ..errors import ConfigurationError
+from ..service import Service
 
 __all__ = ["load_service"]
 

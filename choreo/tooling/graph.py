@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import ConfigurationError
-from .events import Event
-from .service import Handler, Service
+from ..errors import ConfigurationError
+from ..events import Event
+from ..service import Handler, Service
 
 __all__ = ["FORMATS", "Choreography", "RequestEdge", "Use", "choreography", "render"]
 

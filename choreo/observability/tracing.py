@@ -1,6 +1,6 @@
 """W3C trace context across services, when ``opentelemetry-api`` is installed.
 
-``pip install 'choreo[otel]'``: every publish and request carries the current trace
+``pip install 'choreo-mq[otel]'``: every publish and request carries the current trace
 context in its headers (``traceparent``, ``tracestate``), and every handler runs in a
 CONSUMER span whose parent is the context the message carried, so one trace follows an
 event from service to service. Without OpenTelemetry this module does nothing.

@@ -1,0 +1,176 @@
+"""Where an event is dispatched: find its handler, decode it, run the handler with its
+in-process retries, and decide what becomes of the delivery.
+
+A message is dispatched by its ``type`` property; one without ``type`` (a plain JSON
+publish from a service that does not use choreo) by the exchange it came through; one
+back from a retry queue or a DLQ replay by the event it was handled as. Input that can
+never succeed (unknown event, wrong content type, invalid JSON, a payload that fails
+validation, a body over the size limit) is dead-lettered at once with the reason. A
+handler that raises is retried following its ``Retry`` policy (short waits here, long ones
+through the broker), then dead-lettered. The verdict is carried out by ``settle.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .. import wire
+from ..context import Context
+from ..errors import Reject
+from ..events import Event
+from ..observability import tracing
+from ..observability.logs import HANDLING
+from ..retry import Retry
+from ..service import Handler, Service
+from ..transports.base import Delivery
+from .settle import ACK, GiveUp, RetryLater, Settler, Verdict
+from .suspects import Suspects
+from .worker import HandlerExit, QueueWorker, Setup, call
+
+__all__ = ["EventWorker"]
+
+log = logging.getLogger("choreo.dispatch")
+
+
+class EventWorker(QueueWorker):
+    """Consumes the event queue of one service."""
+
+    def __init__(
+        self,
+        setup: Setup,
+        service: Service,
+        *,
+        queue: str,
+        settler: Settler,
+        exchanges: dict[str, Handler],
+        concurrency: int,
+        retry: Retry,
+        suspects: Suspects | None = None,
+    ) -> None:
+        super().__init__(
+            setup,
+            service,
+            queue=queue,
+            settler=settler,
+            concurrency=concurrency,
+            suspects=suspects,
+        )
+        self._by_name = dict(service.handlers)
+        self._by_exchange = exchanges
+        self._retry = retry
+
+    async def _process(self, delivery: Delivery) -> tuple[Verdict, str | None, int]:
+        message = delivery.message
+        handler = None
+        try:
+            if message.undecodable:
+                raise wire.Undecodable("UndecodableProperties", message.undecodable)
+            handler = self._handler_for(delivery)
+            self._check_size(delivery)
+            event = wire.decode(handler.event_type, message, handler.event_name)
+        except wire.Undecodable as poison:
+            name = handler.event_name if handler else message.type
+            return GiveUp(poison.kind, str(poison), 0, name, poison=True), name, 0
+        ctx = self._context(handler, delivery, wire.attempt_of(message))
+        retry = handler.retry or self._retry
+        give_up: tuple[type[BaseException], ...] = (Reject, *retry.give_up_on)
+        name = handler.event_name
+        handling = HANDLING.set(ctx)  # the ids of this message on every log line
+        try:
+            if tracing.ENABLED:
+                with tracing.handling(message.headers, self.service.name, name):
+                    await self._attempts(handler, event, ctx, retry, give_up)
+            else:
+                await self._attempts(handler, event, ctx, retry, give_up)
+        except Reject as exc:
+            return GiveUp("Reject", exc.reason, ctx.attempt, name), name, ctx.attempt
+        except Exception as exc:
+            if ctx.attempt < retry.attempts and not isinstance(exc, give_up):
+                next_attempt = ctx.attempt + 1
+                # shutting down: another process, or the next start, makes the next attempt
+                wait = 0.0 if self.stopping else retry.wait_before(next_attempt)
+                return RetryLater(next_attempt, retry.attempts, wait, name, exc), name, ctx.attempt
+            what = exc.original if isinstance(exc, HandlerExit) else exc
+            failed = GiveUp(
+                _qualname(type(what)), str(exc), ctx.attempt, name, wire.format_traceback(exc)
+            )
+            return failed, name, ctx.attempt
+        finally:
+            HANDLING.reset(handling)
+        return ACK, name, ctx.attempt
+
+    def _handler_for(self, delivery: Delivery) -> Handler:
+        kind = delivery.message.type
+        if kind:
+            handler = self._by_name.get(kind)
+        elif delivery.exchange:
+            handler = self._by_exchange.get(delivery.exchange)
+        else:  # back from a retry queue or a DLQ replay: the event it was handled as
+            handler = self._by_name.get(wire.handled_as(delivery.message))
+        if handler is None:
+            what = f"event type {kind!r}" if kind else f"messages from {delivery.exchange!r}"
+            raise wire.Undecodable(
+                "UnknownEvent", f"service {self.service.name!r} has no handler for {what}"
+            )
+        return handler
+
+    def _check_size(self, delivery: Delivery) -> None:
+        limit = self.setup.max_message_size
+        size = len(delivery.message.body)
+        if size > limit:
+            raise wire.Undecodable(
+                "MessageTooLarge", f"body of {size} bytes is over the {limit}-byte limit"
+            )
+
+    async def _attempts(
+        self,
+        handler: Handler,
+        event: Event,
+        ctx: Context,
+        retry: Retry,
+        give_up: tuple[type[BaseException], ...],
+    ) -> None:
+        """Attempt ``ctx.attempt``, then the following ones whose wait is short enough to
+        happen here; the exception of the last one is raised (``ctx.attempt`` says which)."""
+        try:
+            await call(handler, event, ctx)
+            return
+        except give_up:
+            raise
+        except Exception as exc:
+            following = ctx.attempt + 1
+            if following > retry.attempts or self.stopping or not retry.in_process(following):
+                raise
+            self._log_retry(handler, ctx.attempt, retry, exc)
+            last: Exception = exc
+        first = ctx.attempt + 1
+        await self.pause(retry.wait_before(first))
+        attempts = retry.in_process_attempts(
+            first, give_up=give_up, stopping=lambda: self.stopping, sleep=self.pause
+        )
+        async for attempt in attempts:
+            with attempt:
+                if self.stopping:  # a wait cut short by a stop: the next worker attempts
+                    raise last
+                ctx.attempt = first - 1 + attempt.retry_state.attempt_number
+                try:
+                    await call(handler, event, ctx)
+                except Exception as exc:
+                    last = exc
+                    raise
+
+    def _log_retry(self, handler: Handler, attempt: int, retry: Retry, exc: Exception) -> None:
+        log.warning(
+            "%s: %s failed on attempt %d/%d, retrying: %s",
+            self.service.name,
+            handler.event_name,
+            attempt,
+            retry.attempts,
+            exc,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+
+
+def _qualname(exc_type: type[BaseException]) -> str:
+    module = exc_type.__module__
+    return exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"

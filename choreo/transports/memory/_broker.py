@@ -1,0 +1,312 @@
+"""The in-memory broker: queues, exchanges, consumers and deliveries, with RabbitMQ's
+semantics (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ...errors import ConfigurationError, PublishError, Unroutable
+from ..base import (
+    DIRECT,
+    FANOUT,
+    Consumer,
+    Delivery,
+    Message,
+    OnCancelled,
+    OnMessage,
+    QueueSpec,
+)
+
+__all__ = ["Item", "MemoryBroker", "MemoryConsumer", "Queue"]
+
+
+@dataclasses.dataclass(slots=True)
+class Item:
+    """A message in a queue, with what the broker knows of it."""
+
+    message: Message
+    exchange: str
+    routing_key: str
+    redelivered: bool = False
+    deadline: float | None = None  # monotonic seconds: its per-message expiration
+    returns: int = 0  # times it came back to the queue unsettled (quorum delivery-count)
+
+
+class Queue:
+    __slots__ = (
+        "_turn",
+        "arguments",
+        "broker",
+        "consumers",
+        "dead_letter_to",
+        "delivery_limit",
+        "messages",
+        "name",
+        "ttl",
+    )
+
+    def __init__(self, name: str, broker: MemoryBroker, arguments: dict[str, object]) -> None:
+        self.name = name
+        self.arguments = arguments
+        self.messages: deque[Item] = deque()
+        self.consumers: list[MemoryConsumer] = []
+        self._turn = itertools.count()
+        self.broker = broker
+        ttl = arguments.get("x-message-ttl")
+        self.ttl = ttl / 1000 if isinstance(ttl, int) else None
+        exchange = arguments.get("x-dead-letter-exchange")
+        key = arguments.get("x-dead-letter-routing-key")
+        self.dead_letter_to = (
+            (str(exchange), None if key is None else str(key)) if exchange is not None else None
+        )
+        limit = arguments.get("x-delivery-limit")
+        quorum = arguments.get("x-queue-type") == "quorum"
+        self.delivery_limit = limit if quorum and isinstance(limit, int) else None
+
+    def put(self, item: Item, *, front: bool = False) -> None:
+        if front:
+            self.messages.appendleft(item)
+        else:
+            self.messages.append(item)
+            if self.ttl is not None:
+                asyncio.get_running_loop().call_later(self.ttl, self._expire, item)
+            if item.deadline is not None:  # its own expiration
+                delay = max(0.0, item.deadline - time.monotonic())
+                asyncio.get_running_loop().call_later(delay, self._expire, item)
+        self.dispatch()
+
+    def _expire(self, item: Item) -> None:
+        """The queue's TTL has passed: drop the message, or dead-letter it as RabbitMQ does."""
+        for index, waiting in enumerate(self.messages):
+            if waiting is item:
+                del self.messages[index]
+                break
+        else:
+            return  # consumed or purged meanwhile
+        self.dead_letter(item, "expired")
+
+    def dead_letter(self, item: Item, reason: str) -> None:
+        """Drop ``item``, into the queue's dead-letter exchange if it has one, with an
+        ``x-death`` entry as RabbitMQ adds (reason, queue, exchange, routing keys)."""
+        if self.dead_letter_to is None:
+            return
+        exchange, key = self.dead_letter_to
+        message = item.message
+        death = {
+            "reason": reason,
+            "queue": self.name,
+            "count": 1,
+            "exchange": item.exchange,
+            "routing-keys": [item.routing_key],
+            "time": int(time.time()),
+        }
+        previous = message.headers.get("x-death")
+        deaths = [death, *previous] if isinstance(previous, list) else [death]
+        copy = dataclasses.replace(
+            message, headers={**message.headers, "x-death": deaths}, expiration=None
+        )
+        routing_key = item.routing_key if key is None else key
+        self.broker.publish(copy, exchange, routing_key, False)
+
+    def give_back(self, item: Item) -> None:
+        """An unsettled message returns to the head of the queue, flagged as redelivered;
+        past a quorum queue's delivery limit it is dead-lettered instead."""
+        item.redelivered = True
+        item.returns += 1
+        if self.delivery_limit is not None and item.returns >= self.delivery_limit:
+            self.dead_letter(item, "delivery_limit")
+            self.dispatch()
+            return
+        self.put(item, front=True)
+
+    def dispatch(self) -> None:
+        """Hand messages to consumers with room, round-robin, as RabbitMQ does."""
+        while self.messages:
+            ready = [c for c in self.consumers if len(c.unsettled) < c.prefetch]
+            if not ready:
+                return
+            item = self.messages.popleft()
+            deadline = item.deadline
+            if deadline is not None and deadline < time.monotonic():
+                self.dead_letter(item, "expired")  # as RabbitMQ does at the head of the queue
+                continue
+            ready[next(self._turn) % len(ready)].deliver(item)
+
+
+@dataclasses.dataclass(slots=True)
+class _Exchange:
+    kind: str
+    bindings: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (queue, key)
+
+
+class MemoryBroker:
+    """Exchanges, bindings, queues and reply addresses of one in-memory broker."""
+
+    def __init__(self) -> None:
+        self.exchanges: dict[str, _Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self.reply_addresses: dict[str, Callable[[Message], None]] = {}
+
+    def declare_exchange(self, name: str, kind: str) -> None:
+        found = self.exchanges.get(name)
+        if found is None:
+            self.exchanges[name] = _Exchange(kind)
+        elif found.kind != kind:
+            raise ConfigurationError(f"exchange {name!r} exists with other settings ({found.kind})")
+
+    def declare_queue(self, spec: QueueSpec) -> None:
+        arguments = dict(spec.arguments)
+        found = self.queues.get(spec.name)
+        if found is None:
+            self.queues[spec.name] = Queue(spec.name, self, arguments)
+        elif found.arguments != arguments:  # RabbitMQ: PRECONDITION_FAILED, inequivalent arg
+            raise ConfigurationError(
+                f"queue {spec.name!r} exists with other settings: {found.arguments} "
+                f"(declared now with {arguments})"
+            )
+        for exchange, key in spec.bindings:
+            if exchange not in self.exchanges:
+                raise ConfigurationError(f"cannot bind {spec.name!r}: no exchange {exchange!r}")
+            self.exchanges[exchange].bindings.add((spec.name, key))
+
+    def publish(self, message: Message, exchange: str, routing_key: str, mandatory: bool) -> None:
+        if exchange == "":  # the default exchange: a queue, or a reply address, by name
+            reply = self.reply_addresses.get(routing_key)
+            if reply is not None:
+                reply(message)
+                return
+            targets = [routing_key] if routing_key in self.queues else []
+        elif exchange in self.exchanges:
+            found = self.exchanges[exchange]
+            targets = sorted(
+                queue
+                for queue, key in found.bindings
+                if found.kind == FANOUT or (found.kind == DIRECT and key == routing_key)
+            )
+        else:
+            raise PublishError(f"no exchange {exchange!r} on the in-memory broker")
+        if not targets and mandatory:
+            raise Unroutable(f"no queue is bound for {routing_key or exchange!r}")
+        deadline = None if message.expiration is None else time.monotonic() + message.expiration
+        for name in targets:
+            copy = dataclasses.replace(message, headers=dict(message.headers))
+            self.queues[name].put(Item(copy, exchange, routing_key, deadline=deadline))
+
+    def delete_queue(self, name: str) -> None:
+        """Drop the queue, its messages and bindings; its consumers are told, as RabbitMQ
+        tells them with ``basic.cancel``."""
+        queue = self.queues.pop(name, None)
+        if queue is None:
+            return
+        for exchange in self.exchanges.values():
+            exchange.bindings = {(q, key) for q, key in exchange.bindings if q != name}
+        queue.messages.clear()
+        for consumer in list(queue.consumers):
+            consumer.broker_cancelled()
+
+    def depth(self, queue: str) -> int:
+        """Messages ready in ``queue`` (not counting those handed to a consumer)."""
+        return len(self.queues[queue].messages)
+
+    def unsettled(self, queue: str) -> int:
+        """Messages of ``queue`` handed to a consumer and not yet settled."""
+        return sum(len(c.unsettled) for c in self.queues[queue].consumers)
+
+
+class MemoryDelivery(Delivery):
+    __slots__ = ("_consumer", "_key")
+
+    def __init__(self, consumer: MemoryConsumer, key: int, item: Item) -> None:
+        super().__init__(item.message, item.exchange, item.routing_key, item.redelivered)
+        self._consumer = consumer
+        self._key = key
+
+    async def ack(self) -> None:
+        self._consumer.settle(self._key, requeue=False)
+
+    async def reject(self, requeue: bool) -> None:
+        self._consumer.settle(self._key, requeue=requeue, dropped=not requeue)
+
+
+class MemoryConsumer(Consumer):
+    def __init__(
+        self,
+        queue: Queue,
+        on_message: OnMessage,
+        prefetch: int,
+        on_cancelled: OnCancelled | None = None,
+    ) -> None:
+        self.queue = queue
+        self.on_cancelled = on_cancelled
+        self.on_message = on_message
+        self.prefetch = prefetch
+        self.unsettled: dict[int, Item] = {}
+        self.cancelled = False
+        self._keys = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def hold(self, item: Item) -> MemoryDelivery:
+        """Hand ``item`` over unsettled, without calling the callback (for ``fetch``)."""
+        key = next(self._keys)
+        self.unsettled[key] = item
+        return MemoryDelivery(self, key, item)
+
+    def deliver(self, item: Item) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self.on_message(self.hold(item))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def settle(self, key: int, *, requeue: bool, dropped: bool = False) -> None:
+        """Settle an unsettled message: ack (neither flag), give it back (``requeue``), or
+        reject it without requeue (``dropped``: into the dead-letter exchange)."""
+        item = self.unsettled.pop(key, None)
+        if item is None:  # already settled, or given back when the consumer closed
+            return
+        if requeue:
+            self.queue.give_back(item)
+        elif dropped:
+            self.queue.dead_letter(item, "rejected")
+            self.queue.dispatch()
+        else:
+            self.queue.dispatch()
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+        await self.pause()
+
+    async def pause(self) -> None:
+        if self in self.queue.consumers:
+            self.queue.consumers.remove(self)
+
+    async def resume(self) -> None:
+        current = self.queue.broker.queues.get(self.queue.name)
+        if current is None:
+            raise ConfigurationError(f"cannot consume {self.queue.name!r}: no such queue")
+        self.queue = current  # the queue was deleted and declared again meanwhile
+        if not self.cancelled and self not in current.consumers:
+            current.consumers.append(self)
+            current.dispatch()
+
+    def broker_cancelled(self) -> None:
+        if self in self.queue.consumers:
+            self.queue.consumers.remove(self)
+        if self.on_cancelled is not None and not self.cancelled:
+            task = asyncio.get_running_loop().create_task(self.on_cancelled())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        await self.cancel()
+        for key in sorted(self.unsettled, reverse=True):
+            self.settle(key, requeue=True)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
