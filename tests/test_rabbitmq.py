@@ -7,11 +7,14 @@ messages and publish messages that choreo services handle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import datetime
 
 import aio_pika
 import pytest
+
+import choreo
 
 from choreo import ConfigurationError, ConnectionFailed, Context, Event, Service, connect
 from choreo.transports.base import Delivery, Message, QueueSpec
@@ -231,4 +234,38 @@ async def test_settling_a_delivery_twice_keeps_the_channel_alive(make_bus: Buses
         assert seen.items == [b"first", b"second"]
     finally:
         await consumer.close()
+    assert await bus.transport.queue_size(queue) == 0
+
+
+def _amqp_connection(bus: choreo.Bus) -> object:
+    """The AMQP connection under the bus right now (a new object after a reconnect)."""
+    robust = bus.transport._connection  # type: ignore[attr-defined]
+    return robust.transport.connection
+
+
+async def test_cancelling_a_short_operation_at_any_point_keeps_the_connection(
+    make_bus: Buses,
+) -> None:
+    """A task cancelled inside queue_size (channel open, passive declare or channel close)
+    leaves the connection as it was. aiormq answers a cancelled Channel.Close with a
+    second Channel.Close, which RabbitMQ punishes by closing the whole connection
+    (CHANNEL_ERROR - expected 'channel.open'): every consumer on it lost its deliveries."""
+    bus = await make_bus()
+    queue = f"{bus.namespace}.short"
+    await bus.transport.declare_queue(QueueSpec(queue))
+    make_bus.extra_queues.add(queue)
+    connection = _amqp_connection(bus)
+    started = asyncio.get_running_loop().time()
+    for _ in range(5):
+        await bus.transport.queue_size(queue)
+    took = (asyncio.get_running_loop().time() - started) / 5
+    for step in range(60):
+        task = asyncio.ensure_future(bus.transport.queue_size(queue))
+        await asyncio.sleep(took * step / 40)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0.2)  # a connection-level close would have arrived by now
+    assert _amqp_connection(bus) is connection
+    assert not connection.is_closed  # type: ignore[attr-defined]
     assert await bus.transport.queue_size(queue) == 0

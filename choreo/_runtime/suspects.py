@@ -90,12 +90,13 @@ class Suspects:
         self._wake.set()  # a worker that died may have left suspects behind
         self._task = asyncio.get_running_loop().create_task(self._watch(worker, subscription))
 
-    async def stop(self) -> None:
+    def stopping(self) -> set[asyncio.Task[None]]:
+        """Wake the watch so it ends after its current step (the worker is stopping); the
+        task to wait for, with the handlers. It is not cancelled: a broker call cut short
+        costs a channel, and the step it is in takes milliseconds or is a handler."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._wake.set()
+        return set() if task is None or task.done() else {task}
 
     async def _watch(self, worker: Alone, subscription: Consumer) -> None:
         while not worker.stopping:

@@ -199,9 +199,8 @@ class QueueWorker:
         True if no handler had to be cancelled."""
         self.stopping = True
         self._stop_requested.set()
-        if self.suspects is not None:
-            await self.suspects.stop()
-        pending = set(self.tasks)
+        watch = set() if self.suspects is None else self.suspects.stopping()
+        pending: set[asyncio.Task[Any]] = set(self.tasks) | watch
         if not pending:
             return True
         finished = asyncio.ensure_future(asyncio.wait(pending))
@@ -212,10 +211,11 @@ class QueueWorker:
         for wait in waits:
             wait.cancel()
         late = {task for task in pending if not task.done()}
-        if not late:
-            return True
         for task in late:
             task.cancel()
+        late -= watch
+        if not late:
+            return True
         _, stuck = await asyncio.wait(late, timeout=CANCEL_GRACE)
         aborted = abort is not None and abort.is_set()
         log.warning(

@@ -15,7 +15,6 @@ aio-pika's robust channel reopens (reconnect) or the broker cancels the subscrip
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -27,13 +26,12 @@ from pamqp.commands import Basic
 from ...errors import ConnectionFailed
 from ..base import Consumer, Delivery, OnCancelled, OnMessage
 from ._amqp import from_delivered, from_incoming
+from ._channels import close_channel
 from ._errors import AMQP_ERRORS, translated
 
 __all__ = ["IncomingDelivery", "RabbitConsumer"]
 
 log = logging.getLogger("choreo.rabbitmq")
-
-CHANNEL_CLOSE_TIMEOUT = 1.0  # seconds; a channel closes in milliseconds unless it is stuck
 
 
 class _Acks:
@@ -245,9 +243,6 @@ class RabbitConsumer(Consumer):
     async def close(self) -> None:
         await self.cancel()
         await self._acks.flush()
-        if not self._channel.is_closed:
-            # aiormq waits for the channel's delivery tasks: a handler that ignores its
-            # cancellation would hold the close (and the process) forever
-            with contextlib.suppress(*AMQP_ERRORS, TimeoutError):
-                async with asyncio.timeout(CHANNEL_CLOSE_TIMEOUT):
-                    await self._channel.close()
+        # bounded: aiormq waits for the channel's delivery tasks, and a handler that
+        # ignores its cancellation would hold the close (and the process) forever
+        await close_channel(self._channel)

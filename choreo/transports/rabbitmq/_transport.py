@@ -44,6 +44,7 @@ from ..base import (
     Transport,
 )
 from ._amqp import REPLY_TO, FailoverConnection, from_delivered, properties
+from ._channels import close_channel
 from ._consumer import IncomingDelivery, RabbitConsumer
 from ._errors import AMQP_ERRORS, translated
 
@@ -232,8 +233,7 @@ class RabbitMQTransport(Transport):
     async def _reopen_publish_channel(self, failed: AbstractChannel) -> None:
         if self._channel is not failed or self._connection is None:
             return  # another publish reopened it already
-        with contextlib.suppress(*AMQP_ERRORS):
-            await failed.close()
+        await close_channel(failed)
         try:
             self._channel = await self._publish_channel()
         except AMQP_ERRORS as exc:
@@ -263,9 +263,7 @@ class RabbitMQTransport(Transport):
             with translated(f"queue {queue!r}"):
                 yield channel
         finally:
-            if not channel.is_closed:
-                with contextlib.suppress(*AMQP_ERRORS):
-                    await channel.close()
+            await close_channel(channel)
 
     @contextlib.asynccontextmanager
     async def fetch(self, queue: str, limit: int) -> AsyncIterator[list[Delivery]]:
@@ -367,8 +365,7 @@ class RabbitMQTransport(Transport):
             with translated(f"cannot consume queue {queue!r}"):
                 await consumer.start()
         except BaseException:
-            with contextlib.suppress(*AMQP_ERRORS):
-                await channel.close()
+            await close_channel(channel)
             raise
         return consumer
 
@@ -378,7 +375,11 @@ class RabbitMQTransport(Transport):
             raise ConnectionFailed("the RabbitMQ transport is not connected")
         with translated("a new channel"):
             channel = await self._connection.channel()
-            if prefetch:
-                await channel.set_qos(prefetch_count=min(prefetch, MAX_PREFETCH))
+            try:
+                if prefetch:
+                    await channel.set_qos(prefetch_count=min(prefetch, MAX_PREFETCH))
+            except BaseException:  # closed, or the robust connection would reopen it
+                await close_channel(channel)
+                raise
         assert isinstance(channel, AbstractRobustChannel)
         return channel
