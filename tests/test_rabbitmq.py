@@ -15,7 +15,6 @@ import aio_pika
 import pytest
 
 import choreo
-
 from choreo import ConfigurationError, ConnectionFailed, Context, Event, Service, connect
 from choreo.transports.base import Delivery, Message, QueueSpec
 
