@@ -15,6 +15,8 @@ message of a chain gets its own ``message_id``; follow-ups carry it on), and hea
 * ``x-choreo-event``: the event a retried or dead-lettered message was handled as
 * ``x-choreo-crashes``: how many times a quarantined message was being handled, alone,
   when its worker died
+* ``x-choreo-handed-back``: how many times processes of the service with no handler for the
+  message gave it back to the queue; ``x-choreo-exchange``: the exchange it came through
 * dead letters add ``x-choreo-error-type``, ``-error-message``, ``-traceback``,
   ``-attempts``, ``-service`` and ``-failed-at`` (ISO 8601, UTC)
 
@@ -40,46 +42,18 @@ from ._headers import sendable
 from .errors import ConfigurationError
 from .transports.base import Message
 
+# fmt: off
 __all__ = [
-    "ATTEMPTS_HEADER",
-    "ATTEMPT_HEADER",
-    "CAUSATION_HEADER",
-    "CONTENT_TYPE",
-    "CRASHES_HEADER",
-    "DEATH_HEADER",
-    "ERROR_MESSAGE_HEADER",
-    "ERROR_TYPE",
-    "ERROR_TYPE_HEADER",
-    "EVENT_HEADER",
-    "FAILED_AT_HEADER",
-    "MAX_ERROR_MESSAGE",
-    "MAX_TRACEBACK",
-    "NAME_RE",
-    "PREVIEW",
-    "SANITIZED_HEADER",
-    "SERVICE_HEADER",
-    "SOURCE_HEADER",
-    "TRACEBACK_HEADER",
-    "DeadLetter",
-    "Undecodable",
-    "attempt_of",
-    "causation_of",
-    "check_name",
-    "crashes_of",
-    "dead_letter",
-    "decode",
-    "encode",
-    "encode_json",
-    "error_reply",
-    "failure_headers",
-    "for_replay",
-    "format_traceback",
-    "handled_as",
-    "read_error_reply",
-    "retry_copy",
-    "source_of",
-    "with_crashes",
+    "ATTEMPTS_HEADER", "ATTEMPT_HEADER", "CAUSATION_HEADER", "CONTENT_TYPE", "CRASHES_HEADER",
+    "DEATH_HEADER", "ERROR_MESSAGE_HEADER", "ERROR_TYPE", "ERROR_TYPE_HEADER", "EVENT_HEADER",
+    "EXCHANGE_HEADER", "FAILED_AT_HEADER", "HANDED_BACK_HEADER", "MAX_ERROR_MESSAGE",
+    "MAX_TRACEBACK", "NAME_RE", "PREVIEW", "SANITIZED_HEADER", "SERVICE_HEADER", "SOURCE_HEADER",
+    "TRACEBACK_HEADER", "DeadLetter", "Undecodable", "attempt_of", "causation_of", "check_name",
+    "crashes_of", "dead_letter", "decode", "encode", "encode_json", "error_reply",
+    "failure_headers", "for_replay", "format_traceback", "handbacks_of", "handed_back",
+    "handled_as", "read_error_reply", "retry_copy", "routed_through", "source_of", "with_crashes",
 ]
+# fmt: on
 
 CONTENT_TYPE = "application/json"
 ERROR_TYPE = "choreo.error"  # the ``type`` of an error reply
@@ -89,6 +63,8 @@ SOURCE_HEADER = "x-choreo-source"
 ATTEMPT_HEADER = "x-choreo-attempt"
 EVENT_HEADER = "x-choreo-event"
 CRASHES_HEADER = "x-choreo-crashes"
+HANDED_BACK_HEADER = "x-choreo-handed-back"  # times processes without its handler gave it back
+EXCHANGE_HEADER = "x-choreo-exchange"  # on a handed-back copy: the exchange it came through
 DEATH_HEADER = "x-death"  # RabbitMQ's: why the broker dead-lettered a message
 ERROR_TYPE_HEADER = "x-choreo-error-type"
 ERROR_MESSAGE_HEADER = "x-choreo-error-message"
@@ -306,10 +282,32 @@ def handled_as(message: Message) -> str:
     return str(message.headers.get(EVENT_HEADER, ""))
 
 
+def _count(message: Message, header: str) -> int:
+    count = message.headers.get(header)
+    return count if isinstance(count, int) and count > 0 else 0
+
+
 def crashes_of(message: Message) -> int:
     """How many times the worker died while handling ``message`` alone (0 if never)."""
-    crashes = message.headers.get(CRASHES_HEADER)
-    return crashes if isinstance(crashes, int) and crashes > 0 else 0
+    return _count(message, CRASHES_HEADER)
+
+
+def handbacks_of(message: Message) -> int:
+    """How many times processes with no handler for ``message`` handed it back (0 if never)."""
+    return _count(message, HANDED_BACK_HEADER)
+
+
+def handed_back(message: Message, exchange: str) -> Message:
+    """The copy a process with no handler for ``message`` (from ``exchange``) hands back."""
+    added: dict[str, Any] = {HANDED_BACK_HEADER: handbacks_of(message) + 1}
+    if exchange:
+        added[EXCHANGE_HEADER] = exchange
+    return _copy(message, added)
+
+
+def routed_through(message: Message, exchange: str) -> str:
+    """The exchange ``message`` came through, before any hand-back (``""``: none)."""
+    return exchange or str(message.headers.get(EXCHANGE_HEADER, ""))
 
 
 def with_crashes(message: Message, crashes: int) -> Message:

@@ -278,6 +278,8 @@ class TestDeadLetters:
         for message in dead:
             assert message.headers["x-choreo-service"] == "catalog"
             assert message.headers["x-choreo-attempts"] == 0
+            # an unknown type through an exchange catalog handles is mislabelled: no hand-back
+            assert "x-choreo-handed-back" not in message.headers
             assert message.headers["x-choreo-error-message"]
             assert message.headers["x-choreo-failed-at"]
         assert {m.body for m in dead} == {m.body for m in poison}  # bodies kept as they were

@@ -36,7 +36,11 @@ class BrokerRetry:
         """Publish the copy that comes back as ``attempt`` after ``delay`` seconds (``0``: to
         the service queue itself); return the queue it went to. Raises ``ChoreoError`` when
         the broker did not take it."""
-        copy = retry_copy(message, attempt, event)
+        return await self.send(retry_copy(message, attempt, event), delay)
+
+    async def send(self, copy: Message, delay: float) -> str:
+        """Publish ``copy`` so that it reaches the service queue after ``delay`` seconds
+        (``0``: at once); return the queue it went to."""
         if delay <= 0:
             await self._transport.publish(copy, "", self._queue, mandatory=True)
             return self._queue

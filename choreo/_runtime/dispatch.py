@@ -22,8 +22,9 @@ from ..observability import tracing
 from ..observability.logs import HANDLING
 from ..retry import Retry
 from ..service import Handler, Service
+from ..topology import DEFAULT_DELIVERY_LIMIT
 from ..transports.base import Delivery
-from .settle import ACK, GiveUp, RetryLater, Settler, Verdict
+from .settle import ACK, GiveUp, HandBack, RetryLater, Settler, Verdict
 from .suspects import Suspects
 from .worker import HandlerExit, QueueWorker, Setup, call
 
@@ -46,6 +47,7 @@ class EventWorker(QueueWorker):
         concurrency: int,
         retry: Retry,
         suspects: Suspects | None = None,
+        handback_limit: int = DEFAULT_DELIVERY_LIMIT,
     ) -> None:
         super().__init__(
             setup,
@@ -58,6 +60,8 @@ class EventWorker(QueueWorker):
         self._by_name = dict(service.handlers)
         self._by_exchange = exchanges
         self._retry = retry
+        self._handback_limit = handback_limit
+        self._unhandled_seen: set[str] = set()
 
     async def _process(self, delivery: Delivery) -> tuple[Verdict, str | None, int]:
         message = delivery.message
@@ -66,6 +70,8 @@ class EventWorker(QueueWorker):
             if message.undecodable:
                 raise wire.Undecodable("UndecodableProperties", message.undecodable)
             handler = self._handler_for(delivery)
+            if handler is None:
+                return self._unhandled(delivery), message.type, 0
             self._check_size(delivery)
             event = wire.decode(handler.event_type, message, handler.event_name)
         except wire.Undecodable as poison:
@@ -99,20 +105,42 @@ class EventWorker(QueueWorker):
             HANDLING.reset(handling)
         return ACK, name, ctx.attempt
 
-    def _handler_for(self, delivery: Delivery) -> Handler:
-        kind = delivery.message.type
-        if kind:
-            handler = self._by_name.get(kind)
-        elif delivery.exchange:
-            handler = self._by_exchange.get(delivery.exchange)
-        else:  # back from a retry queue or a DLQ replay: the event it was handled as
-            handler = self._by_name.get(wire.handled_as(delivery.message))
-        if handler is None:
-            what = f"event type {kind!r}" if kind else f"messages from {delivery.exchange!r}"
-            raise wire.Undecodable(
-                "UnknownEvent", f"service {self.service.name!r} has no handler for {what}"
-            )
-        return handler
+    def _handler_for(self, delivery: Delivery) -> Handler | None:
+        message = delivery.message
+        if message.type:
+            return self._by_name.get(message.type)
+        exchange = wire.routed_through(message, delivery.exchange)
+        if exchange:
+            return self._by_exchange.get(exchange)
+        # back from a retry queue or a DLQ replay: the event it was handled as
+        return self._by_name.get(wire.handled_as(message))
+
+    def _unhandled(self, delivery: Delivery) -> Verdict:
+        """No handler here. An event this service does not know, or a message from an
+        exchange it has no handler for, is handed back for another process of the service
+        that may have one (a rolling upgrade that adds a handler; another service under
+        the same name), a few times, later each time; then it is dead-lettered as
+        ``UnknownEvent``. So is, at once, an unknown type through an exchange this service
+        handles (mislabelled) or a message that nothing routed and that has no type."""
+        message, name = delivery.message, self.service.name
+        exchange = wire.routed_through(message, delivery.exchange)
+        what = f"event type {message.type!r}" if message.type else f"messages from {exchange!r}"
+        deliveries = wire.handbacks_of(message) + 1
+        foreign = (message.type or exchange) and exchange not in self._by_exchange
+        if foreign and deliveries < self._handback_limit:
+            if what not in self._unhandled_seen:
+                self._unhandled_seen.add(what)
+                log.warning(
+                    "%s: no handler for %s, which its queue is bound for: handed back for "
+                    "another process of %s (a rolling upgrade, or another service under the "
+                    "same name?); `choreo topology --prune` drops bindings no handler wants",
+                    name, what, name,
+                )  # fmt: skip
+            return HandBack(exchange, 0.0 if deliveries == 1 else float(2 ** (deliveries - 2)))
+        reason = f"service {name!r} has no handler for {what}"
+        if deliveries > 1:
+            reason += f" (delivered {deliveries} times: no process of {name!r} had one)"
+        return GiveUp("UnknownEvent", reason, 0, message.type, poison=True)
 
     def _check_size(self, delivery: Delivery) -> None:
         limit = self.setup.max_message_size

@@ -84,6 +84,7 @@ class Running:
             queue = topology.queue_name(namespace, service.name)
             queue_type = service.queue_type or self._queue_type
             retries = BrokerRetry(transport, queue, queue_type, setup.declare_queue)
+            limit = service.delivery_limit or self._delivery_limit
             workers.append(
                 EventWorker(
                     setup,
@@ -96,11 +97,8 @@ class Running:
                     },
                     concurrency=concurrency,
                     retry=service.retry or self._retry,
-                    suspects=Suspects(
-                        transport,
-                        topology.suspect_queue_name(queue),
-                        service.delivery_limit or self._delivery_limit,
-                    ),
+                    suspects=Suspects(transport, topology.suspect_queue_name(queue), limit),
+                    handback_limit=limit,
                 )
             )
         if service.responders:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from ..errors import ChoreoError
 from ..observability.observer import Outcome
 from ..transports.base import Delivery, Transport
-from ..wire import with_crashes
+from ..wire import handed_back, with_crashes
 from .broker_retry import BrokerRetry
 from .deadletter import send_to_dlq
 
@@ -26,6 +27,7 @@ __all__ = [
     "REQUEUE",
     "Ack",
     "GiveUp",
+    "HandBack",
     "Quarantine",
     "Requeue",
     "RetryLater",
@@ -72,6 +74,15 @@ class RetryLater:
 
 
 @dataclass(frozen=True, slots=True)
+class HandBack:
+    """No handler here for a message its queue is bound for: give a copy back to the queue,
+    after ``delay`` seconds, for a process of the service that has one."""
+
+    exchange: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class GiveUp:
     """Dead-letter it: failed for good after ``attempts`` attempts (``poison``: never tried)."""
 
@@ -83,7 +94,7 @@ class GiveUp:
     poison: bool = False
 
 
-Verdict = Ack | Requeue | RetryLater | GiveUp | Quarantine
+Verdict = Ack | Requeue | RetryLater | GiveUp | Quarantine | HandBack
 ACK = Ack()
 REQUEUE = Requeue()
 
@@ -134,19 +145,34 @@ class Settler:
             return await self._retry_later(delivery, verdict)
         if isinstance(verdict, Quarantine):
             return await self._quarantine(delivery, verdict)
+        if isinstance(verdict, HandBack):
+            return await self._hand_back(delivery, verdict)
         return await self._dead_letter(delivery, verdict)
 
     async def _quarantine(self, delivery: Delivery, verdict: Quarantine) -> Outcome:
         copy = with_crashes(delivery.message, verdict.crashes)
+        sent = self._transport.publish(copy, "", verdict.queue, mandatory=True)
+        return await self._replace(delivery, sent, "quarantine", Outcome.QUARANTINED)
+
+    async def _hand_back(self, delivery: Delivery, verdict: HandBack) -> Outcome:
+        if self._retry is None:  # only event queues are bound to exchanges
+            raise AssertionError("HandBack for a queue without broker retries")
+        sent = self._retry.send(handed_back(delivery.message, verdict.exchange), verdict.delay)
+        return await self._replace(delivery, sent, "hand back", Outcome.HANDED_BACK)
+
+    async def _replace(
+        self, delivery: Delivery, sent: Awaitable[object], what: str, outcome: Outcome
+    ) -> Outcome:
+        """Ack ``delivery`` once its copy is ``sent`` (confirmed); requeue it if not."""
         try:
-            await self._transport.publish(copy, "", verdict.queue, mandatory=True)
+            await sent
         except ChoreoError as exc:
-            log.error("%s: could not quarantine a message (%s); requeued", self._service, exc)
+            log.error("%s: could not %s a message (%s); requeued", self._service, what, exc)
             await asyncio.sleep(DEAD_LETTER_BACKOFF)
             await delivery.reject(requeue=True)
             return Outcome.REQUEUED
         await delivery.ack()
-        return Outcome.QUARANTINED
+        return outcome
 
     async def _retry_later(self, delivery: Delivery, verdict: RetryLater) -> Outcome:
         if self._retry is None:  # a queue without retry queues: the last word is the DLQ

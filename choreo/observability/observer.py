@@ -25,6 +25,7 @@ class Outcome(enum.StrEnum):
     POISON = "poison"  # dead-lettered without running the handler (cannot be decoded)
     ERROR = "error"  # a responder failed: the requester got a RemoteError
     QUARANTINED = "quarantined"  # redelivered: moved to be handled alone, apart from the rest
+    HANDED_BACK = "handed-back"  # no handler here: back to the queue for another process
 
 
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
