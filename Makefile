@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check choreo services tests bench
-	$(BIN)/ruff format --check choreo services tests bench
+	$(BIN)/ruff check choreo services tests bench examples
+	$(BIN)/ruff format --check choreo services tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict choreo
