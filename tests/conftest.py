@@ -5,6 +5,12 @@ Tests that need RabbitMQ take the ``broker_url`` fixture (directly or through
 RabbitMQ when a Docker engine answers, else ``CHOREO_TEST_BROKER_URL``, else the local
 ``amqp://guest:guest@127.0.0.1:5672/``. Without a broker those tests are skipped, except
 in CI (``CI=true``), where a missing broker fails the run.
+
+Tests that need PostgreSQL take ``pg_database`` (a throw-away database of their own, dropped
+after the test) or ``db_url`` (once on SQLite, once on PostgreSQL) and carry the ``postgres``
+marker. The server is ``CHOREO_TEST_POSTGRES_URL``, else the local
+``postgresql://postgres@127.0.0.1:5432/choreo_test`` that ``.ci/run`` starts; skipped when it
+does not answer, a failure in CI.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,8 +31,11 @@ import pytest
 import choreo
 from choreo.transports import memory
 
+from .support import postgres
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEFAULT_TEST_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_TEST_POSTGRES = postgres.DEFAULT_URL
 
 
 def _docker_engine() -> bool:
@@ -70,6 +80,49 @@ def broker_url() -> Iterator[str]:
             pytest.fail(f"{message} (CI=true: a missing broker is a failure)", pytrace=False)
         pytest.skip(message)
     yield url
+
+
+def require_postgres(url: str) -> None:
+    """Skip (fail in CI) when no usable PostgreSQL answers at ``url``."""
+    problem = postgres.probe(url)
+    if problem is not None:
+        message = (
+            f"PostgreSQL needed for this test: {problem} (.ci/run starts one on 127.0.0.1:5432"
+            " with database choreo_test; CHOREO_TEST_POSTGRES_URL points to another)"
+        )
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: a missing database is a failure)", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """Admin URL of the test PostgreSQL (``CHOREO_TEST_POSTGRES_URL``); skips (fails in CI)
+    when it does not answer. Tests create databases through it, never tables in it."""
+    url = os.environ.get("CHOREO_TEST_POSTGRES_URL", DEFAULT_TEST_POSTGRES)
+    require_postgres(url)
+    return url
+
+
+@pytest.fixture
+async def pg_database(postgres_url: str) -> AsyncIterator[str]:
+    """SQLAlchemy async URL of a fresh database ``choreo_t_<hex>``, dropped after the test."""
+    async with postgres.throwaway_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLAlchemy async URL of a SQLite file in the test's temporary directory."""
+    return f"sqlite+aiosqlite:///{tmp_path}/store.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """SQLAlchemy async URL of an empty database; store tests run once on each engine."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_database"))
 
 
 def unique(prefix: str = "t") -> str:
@@ -153,21 +206,35 @@ async def make_bus(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_BROKER_TESTS_PASSED] = 0
+    config.stash[_POSTGRES_TESTS_PASSED] = 0
 
 
 _BROKER_TESTS_PASSED = pytest.StashKey[int]()
+_POSTGRES_TESTS_PASSED = pytest.StashKey[int]()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    if report.when == "call" and report.passed and item.get_closest_marker("broker"):
-        item.config.stash[_BROKER_TESTS_PASSED] += 1
+    if report.when == "call" and report.passed:
+        if item.get_closest_marker("broker"):
+            item.config.stash[_BROKER_TESTS_PASSED] += 1
+        if item.get_closest_marker("postgres"):
+            item.config.stash[_POSTGRES_TESTS_PASSED] += 1
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """In CI, a run in which no broker test passed is a failure, never green."""
-    if IN_CI and exitstatus == 0 and session.config.stash[_BROKER_TESTS_PASSED] == 0:
+    """In CI, a run in which no broker test passed is a failure, never green; so is one in
+    which postgres tests were selected and none of them passed."""
+    if not IN_CI or exitstatus != 0:
+        return
+    stash = session.config.stash
+    if stash[_BROKER_TESTS_PASSED] == 0:
         print("\nCI=true but no test against RabbitMQ passed: failing the run")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    selected = getattr(session, "items", [])  # after -m/-k deselection
+    postgres_selected = any(item.get_closest_marker("postgres") for item in selected)
+    if postgres_selected and stash[_POSTGRES_TESTS_PASSED] == 0:
+        print("\nCI=true but no test against PostgreSQL passed: failing the run")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,6 +1,6 @@
 """The fault-injection tools of tests/support work: the TCP proxy against a local echo server
-(milliseconds, no broker), and throw-away RabbitMQ nodes (marked ``cluster``: a node boots
-in ≈5 s)."""
+(milliseconds, no broker), throw-away RabbitMQ nodes (marked ``cluster``: a node boots
+in ≈5 s), and throw-away PostgreSQL databases (marked ``postgres``)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from . import conftest
-from .support import rabbit_nodes, tcp_proxy
+from .support import postgres, rabbit_nodes, tcp_proxy
 from .support.rabbit_nodes import RabbitNodes, answers_amqp, started
 from .support.tcp_proxy import FaultProxy
 
@@ -393,3 +396,123 @@ def test_a_claim_ends_what_a_dead_session_left_on_its_ports(
     finally:
         leftover.kill()
         leftover.wait()
+
+
+# ---- PostgreSQL databases ---------------------------------------------------------------------
+
+
+async def write_and_read(url: str) -> list[tuple[int, str]]:
+    """Create a table through SQLAlchemy async, write two rows, read them back."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+            await connection.execute(
+                text("INSERT INTO t (id, v) VALUES (:id, :v)"),
+                [{"id": 1, "v": "one"}, {"id": 2, "v": "two"}],
+            )
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT id, v FROM t ORDER BY id"))
+            return [(row.id, row.v) for row in rows]
+    finally:
+        await engine.dispose()
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+@pytest.mark.postgres
+async def test_a_throwaway_postgres_database_takes_writes_and_is_dropped_with_its_connections(
+    postgres_url: str,
+) -> None:
+    async with postgres.throwaway_database(postgres_url) as url:
+        name = database_name(url)
+        assert url == postgres.database_url(postgres_url, name)
+        assert name.startswith("choreo_t_")
+        assert len(name) == len("choreo_t_") + 12
+        assert await postgres.database_exists(postgres_url, name)
+        assert await write_and_read(url) == [(1, "one"), (2, "two")]
+        # a connection the test forgets: DROP ... WITH (FORCE) ends it
+        leftover = await asyncpg.connect(postgres.database_url(postgres_url, name, "postgresql"))
+    try:
+        assert not await postgres.database_exists(postgres_url, name)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await leftover.fetchval("SELECT 1")
+    finally:
+        leftover.terminate()
+
+
+@pytest.fixture
+async def dropped_afterwards(postgres_url: str) -> AsyncIterator[list[str]]:
+    """Requested before ``pg_database``, so torn down after it: the names the test puts in
+    the list must be gone by then."""
+    names: list[str] = []
+    yield names
+    assert names
+    for name in names:
+        assert not await postgres.database_exists(postgres_url, name)
+
+
+@pytest.mark.postgres
+async def test_the_pg_database_fixture_is_a_fresh_postgres_database_dropped_after_the_test(
+    dropped_afterwards: list[str], pg_database: str, postgres_url: str
+) -> None:
+    name = database_name(pg_database)
+    dropped_afterwards.append(name)
+    assert pg_database.startswith("postgresql+asyncpg://")
+    assert await postgres.database_exists(postgres_url, name)
+    assert await write_and_read(pg_database) == [(1, "one"), (2, "two")]
+
+
+async def test_db_url_is_an_empty_database_on_sqlite_and_on_postgres(db_url: str) -> None:
+    assert db_url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://"))
+    assert await write_and_read(db_url) == [(1, "one"), (2, "two")]  # no table t before
+
+
+def test_the_postgres_probe_names_a_port_where_nothing_listens() -> None:
+    problem = postgres.probe("postgresql://postgres@127.0.0.1:1/choreo_test", timeout=2)
+    assert problem is not None
+    assert problem.startswith("nothing answers at 127.0.0.1:1 (")
+    assert "refused" in problem.lower()
+
+
+async def test_the_postgres_probe_names_a_port_that_speaks_something_else(
+    echo_port: int,
+) -> None:
+    problem = await postgres.aprobe(f"postgresql://postgres@127.0.0.1:{echo_port}/x", timeout=2)
+    assert problem == f"127.0.0.1:{echo_port} does not speak the PostgreSQL protocol"
+
+
+@pytest.mark.postgres
+async def test_the_postgres_probe_names_a_missing_database(postgres_url: str) -> None:
+    assert await postgres.aprobe(postgres_url) is None
+    missing = postgres.database_url(postgres_url, "choreo_t_000000000000", "postgresql")
+    problem = await postgres.aprobe(missing)
+    assert problem is not None
+    assert "refuses user 'postgres', database 'choreo_t_000000000000'" in problem
+    assert "does not exist" in problem
+
+
+def test_without_postgres_tests_skip_and_fail_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    nowhere = "postgresql://postgres@127.0.0.1:1/choreo_test"
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match=r"nothing answers at 127\.0\.0\.1:1"):
+        conftest.require_postgres(nowhere)
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true: a missing database is a failure"):
+        conftest.require_postgres(nowhere)
+
+
+def test_throwaway_database_urls_keep_the_server_and_take_only_their_own_names() -> None:
+    assert postgres.database_url(postgres.DEFAULT_URL, "choreo_t_0123456789ab") == (
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/choreo_t_0123456789ab"
+    )
+    server = "postgresql://u:p%40ss@127.0.0.1:6543/choreo_test?ssl=disable"
+    assert postgres.database_url(server, "choreo_t_0123456789ab") == (
+        "postgresql+asyncpg://u:p%40ss@127.0.0.1:6543/choreo_t_0123456789ab?ssl=disable"
+    )
+    with pytest.raises(ValueError, match="not a throw-away database name"):
+        postgres._checked('choreo_test"; DROP DATABASE x; --')
+    with pytest.raises(ValueError, match="not a throw-away database name"):
+        postgres._checked("choreo_test")
