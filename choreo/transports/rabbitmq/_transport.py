@@ -46,7 +46,7 @@ from ..base import (
 from ._amqp import REPLY_TO, FailoverConnection, from_delivered, properties
 from ._channels import close_channel
 from ._consumer import IncomingDelivery, RabbitConsumer
-from ._errors import AMQP_ERRORS, translated
+from ._errors import AMQP_ERRORS, refusal, translated
 
 __all__ = ["RabbitMQTransport"]
 
@@ -106,7 +106,10 @@ class RabbitMQTransport(Transport):
                 )
                 await connection.connect(timeout=self.connect_timeout)
             except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
-                problems.append(f"{where}: {scrub(str(exc), self.url) or type(exc).__name__}")
+                problem = refusal(exc, urls[start], self.connect_timeout)
+                if problem is None:  # the library's words, which may quote the URL
+                    problem = scrub(str(exc), self.url) or type(exc).__name__
+                problems.append(f"{where}: {problem}")
                 continue
             except ValueError as exc:  # yarl/aiormq reject a malformed URL
                 problem = scrub(str(exc), self.url)
