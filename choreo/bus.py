@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from collections.abc import Generator, Mapping
 from types import TracebackType
@@ -27,7 +26,9 @@ from pydantic import ValidationError
 
 from . import config, topology, wire
 from ._runtime.declare import Declarer
+from ._runtime.relays import Relays
 from ._runtime.running import Running
+from ._runtime.signals import run_until_signalled
 from ._runtime.worker import Setup
 from .errors import (
     ChoreoError,
@@ -123,6 +124,7 @@ class Bus:
             queue_type=self.settings.queue_type,
             delivery_limit=self.settings.delivery_limit,
         )
+        self._relays = Relays(self._send, self._observer)
         self._connected = False
         self._abort: asyncio.Event | None = None
 
@@ -151,12 +153,15 @@ class Bus:
         if not self._connected:
             await self.transport.connect()
             self._connected = True
+            for store in self.settings.stores:
+                self._relays.start(store)
         return self
 
     async def close(self) -> None:
         """Stop consuming (gracefully) and close the connection."""
         try:
             await self.stop()
+            await self._relays.stop()
         finally:
             self._connected = False
             self._declarer.reset()
@@ -238,6 +243,16 @@ class Bus:
             )
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
+    async def _send(self, messages: list[Message]) -> list[BaseException | None]:
+        """The outbox relay's publish: ``messages`` pipelined in their order, each with its
+        confirm; their exchanges are declared first, so no publish waits behind another."""
+        for message in messages:
+            exchange = topology.exchange_name(self.namespace, message.type or "")
+            if exchange not in self._declarer.exchanges:
+                await self._declarer.exchange(exchange, FANOUT)
+        sent = await asyncio.gather(*map(self._publish, messages), return_exceptions=True)
+        return [result if isinstance(result, BaseException) else None for result in sent]
+
     async def request(
         self,
         request: Event,
@@ -302,6 +317,8 @@ class Bus:
             except BaseException:
                 await self.stop()
                 raise
+            if service.store is not None:
+                self._relays.start(service.store)
 
     async def declare(self, *services: Service) -> topology.Topology:
         """Declare every exchange, queue and binding the services need, without consuming.
@@ -350,45 +367,16 @@ class Bus:
     async def run(self, *services: Service) -> None:
         """Start ``services`` and consume until cancelled or sent SIGINT/SIGTERM; then stop
         gracefully. A second SIGINT/SIGTERM during the stop cancels the handlers at once."""
-        stopped = asyncio.Event()
-        self._abort = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal() -> None:
-            if not stopped.is_set():
-                stopped.set()
-                log.info(
-                    "stopping: waiting up to %gs for %d handler(s) (signal again to abort)",
-                    self.settings.shutdown_timeout,
-                    self.in_flight,
-                )
-            elif self._abort is not None and not self._abort.is_set():
-                log.warning("aborting the handlers still running now")
-                self._abort.set()
-
-        installed = []
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, on_signal)
-                installed.append(signum)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                pass
-        try:
-            await self.start(*services)
-            failed = self._running.failed
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stopped.wait())]
-            if failed is not None:
-                waits.append(failed)
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            waits[0].cancel()
-            if failed is not None and failed in done:
-                failed.result()  # raises: the service cannot go on consuming
-        finally:
-            try:
-                await asyncio.shield(self.stop())
-            finally:
-                for signum in installed:
-                    loop.remove_signal_handler(signum)
+        self._abort = abort = asyncio.Event()
+        await run_until_signalled(
+            lambda: self.start(*services),
+            self.stop,
+            lambda: self._running.failed,
+            abort,
+            lambda: (
+                f"waiting up to {self.settings.shutdown_timeout:g}s for {self.in_flight} handler(s)"
+            ),
+        )
 
     @property
     def healthy(self) -> bool:

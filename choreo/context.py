@@ -17,7 +17,10 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from . import wire
+from .errors import ConfigurationError
 from .events import Event
+from .observability import tracing
+from .storage import Staging
 
 __all__ = ["Context", "Declares", "Publisher", "UndeclaredCheck"]
 
@@ -105,6 +108,7 @@ class Context:
     __slots__ = (
         "_check",
         "_publisher",
+        "_staging",
         "attempt",
         "causation_id",
         "correlation_id",
@@ -137,6 +141,7 @@ class Context:
         self.causation_id = causation if isinstance(causation, str) else None
         self.headers = headers
         self.attempt = attempt
+        self._staging: Staging | None = None  # set while a stored service's handler runs
 
     def __repr__(self) -> str:
         return (
@@ -151,14 +156,40 @@ class Context:
         correlation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
     ) -> str:
-        """Publish ``event`` as a consequence of the message being handled."""
+        """Publish ``event`` as a consequence of the message being handled. In a service
+        with a store it is staged in the outbox, in the handler's transaction, and sent by
+        the relay once that commits (nothing is sent if the handler fails)."""
         self._check_declared("emits", event)
-        return await self._publisher.publish(
+        correlation = correlation_id or self.correlation_id or self.message_id
+        if self._staging is None:
+            return await self._publisher.publish(
+                event,
+                correlation_id=correlation,
+                causation_id=self.message_id,
+                headers=self._headers(headers),
+            )
+        message = wire.encode(
             event,
-            correlation_id=correlation_id or self.correlation_id or self.message_id,
+            correlation_id=correlation,
             causation_id=self.message_id,
             headers=self._headers(headers),
         )
+        if tracing.ENABLED:
+            tracing.inject(message.headers)
+        await self._staging.stage(message)
+        return message.message_id  # type: ignore[return-value]  # wire always sets it
+
+    @property
+    def session(self) -> Any:
+        """The database session (SQLAlchemy ``AsyncSession``) of the handler's transaction:
+        the inbox row of this message, the handler's writes and what it publishes commit
+        together. Only in a service with a store."""
+        if self._staging is None:
+            raise ConfigurationError(
+                f"ctx.session: service {self.service!r} has no store; give it one: "
+                "Service(..., store=choreo.sql.Store(engine))"
+            )
+        return self._staging.session
 
     async def request(
         self,

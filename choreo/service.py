@@ -21,6 +21,7 @@ from .context import Context
 from .errors import ConfigurationError
 from .events import Event, event_name_of
 from .retry import Retry
+from .storage import Storage
 from .wire import check_name
 
 __all__ = ["Handler", "Service"]
@@ -60,6 +61,8 @@ class Service:
     the service a quorum queue (replicated on a cluster); ``None`` takes the bus's default.
     ``delivery_limit``: deliveries of one message that kill their worker before it is
     dead-lettered as a crash loop (default: the bus's, 5).
+    ``store`` (a ``choreo.sql.Store``): each delivery is handled in one database
+    transaction with the inbox and the outbox (``ctx.session``; ``ctx.publish`` stages).
     ``emits`` and ``requests`` list the events the service publishes and the requests it
     sends from any of its handlers (or outside of them, for a feed with no handlers).
     """
@@ -75,8 +78,11 @@ class Service:
         delivery_limit: int | None = None,
         emits: EventTypes | None = None,
         requests: EventTypes | None = None,
+        store: Storage | None = None,
     ) -> None:
         check_name("service name", name)
+        if store is not None and not callable(getattr(store, "handling", None)):
+            raise ConfigurationError(f"Service({name!r}): store must be a choreo.sql.Store")
         for option, value in (
             ("prefetch", prefetch),
             ("concurrency", concurrency),
@@ -96,6 +102,7 @@ class Service:
         self.prefetch = prefetch
         self.concurrency = concurrency
         self.retry = retry
+        self.store = store
         self.emits = _event_types(f"Service({name!r})", "emits", emits)
         self.requests = _event_types(f"Service({name!r})", "requests", requests)
         self._handlers: dict[str, Handler] = {}

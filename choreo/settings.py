@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -9,6 +10,7 @@ from . import topology
 from .errors import ConfigurationError
 from .observability.observer import Observer
 from .retry import DEFAULT_RETRY, Retry
+from .storage import Storage
 from .topology import DEFAULT_DELIVERY_LIMIT
 
 __all__ = [
@@ -40,7 +42,8 @@ class Settings:
     lets handlers finish. ``stall_timeout``: ``bus.healthy`` (``/healthz``) turns false when
     a worker holds deliveries and settled none for this many seconds. ``delivery_limit``:
     deliveries of one message that kill their worker (a crash, an OOM kill) before it is
-    dead-lettered as a crash loop.
+    dead-lettered as a crash loop. ``stores``: the stores (``choreo.sql.Store``) whose
+    outbox this bus relays (a started service's own store is relayed anyway).
     """
 
     prefetch: int = DEFAULT_PREFETCH
@@ -53,8 +56,11 @@ class Settings:
     on_unroutable: str = "warn"
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     observer: Observer = field(default_factory=Observer)
+    stores: Sequence[Storage] = ()
 
     def __post_init__(self) -> None:
+        if any(not callable(getattr(store, "relay", None)) for store in self.stores):
+            raise ConfigurationError("connect(): stores must be choreo.sql.Store objects")
         for option in ("prefetch", "concurrency", "max_message_size", "delivery_limit"):
             value = getattr(self, option)
             if not isinstance(value, int) or value < 1:
@@ -80,6 +86,7 @@ class BusOptions(TypedDict, total=False):
     on_unroutable: str
     max_message_size: int
     observer: Observer | None
+    stores: Sequence[Storage]
 
 
 def settings_from(options: BusOptions) -> Settings:

@@ -22,9 +22,10 @@ from ..observability import tracing
 from ..observability.logs import HANDLING
 from ..retry import Retry
 from ..service import Handler, Service
+from ..storage import Duplicate
 from ..topology import DEFAULT_DELIVERY_LIMIT
 from ..transports.base import Delivery
-from .settle import ACK, GiveUp, HandBack, RetryLater, Settler, Verdict
+from .settle import ACK, DUPLICATE, GiveUp, HandBack, RetryLater, Settler, Verdict
 from .suspects import Suspects
 from .worker import HandlerExit, QueueWorker, Setup, call
 
@@ -61,6 +62,8 @@ class EventWorker(QueueWorker):
         self._by_exchange = exchanges
         self._retry = retry
         self._handback_limit = handback_limit
+        self._store = service.store
+        self._call = call if self._store is None else self._stored_call
         self._unhandled_seen: set[str] = set()
 
     async def _process(self, delivery: Delivery) -> tuple[Verdict, str | None, int]:
@@ -79,7 +82,7 @@ class EventWorker(QueueWorker):
             return GiveUp(poison.kind, str(poison), 0, name, poison=True), name, 0
         ctx = self._context(handler, delivery, wire.attempt_of(message))
         retry = handler.retry or self._retry
-        give_up: tuple[type[BaseException], ...] = (Reject, *retry.give_up_on)
+        give_up: tuple[type[BaseException], ...] = (Reject, Duplicate, *retry.give_up_on)
         name = handler.event_name
         handling = HANDLING.set(ctx)  # the ids of this message on every log line
         try:
@@ -90,6 +93,8 @@ class EventWorker(QueueWorker):
                 await self._attempts(handler, event, ctx, retry, give_up)
         except Reject as exc:
             return GiveUp("Reject", exc.reason, ctx.attempt, name), name, ctx.attempt
+        except Duplicate:
+            return DUPLICATE, name, ctx.attempt
         except Exception as exc:
             if ctx.attempt < retry.attempts and not isinstance(exc, give_up):
                 next_attempt = ctx.attempt + 1
@@ -161,7 +166,7 @@ class EventWorker(QueueWorker):
         """Attempt ``ctx.attempt``, then the following ones whose wait is short enough to
         happen here; the exception of the last one is raised (``ctx.attempt`` says which)."""
         try:
-            await call(handler, event, ctx)
+            await self._call(handler, event, ctx)
             return
         except give_up:
             raise
@@ -182,10 +187,22 @@ class EventWorker(QueueWorker):
                     raise last
                 ctx.attempt = first - 1 + attempt.retry_state.attempt_number
                 try:
-                    await call(handler, event, ctx)
+                    await self._call(handler, event, ctx)
                 except Exception as exc:
                     last = exc
                     raise
+
+    async def _stored_call(self, handler: Handler, event: Event, ctx: Context) -> object:
+        """One attempt in one transaction of the service's store: the inbox row, the
+        handler's writes and what it publishes (staged) commit together; ``Duplicate`` if
+        the inbox holds the message already. A failure rolls it all back."""
+        assert self._store is not None
+        async with self._store.handling(self.service.name, ctx.message_id) as staging:
+            ctx._staging = staging
+            try:
+                return await call(handler, event, ctx)
+            finally:
+                ctx._staging = None
 
     def _log_retry(self, handler: Handler, attempt: int, retry: Retry, exc: Exception) -> None:
         log.warning(

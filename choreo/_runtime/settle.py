@@ -24,6 +24,7 @@ from .deadletter import send_to_dlq
 
 __all__ = [
     "ACK",
+    "DUPLICATE",
     "REQUEUE",
     "Ack",
     "GiveUp",
@@ -96,6 +97,7 @@ class GiveUp:
 
 Verdict = Ack | Requeue | RetryLater | GiveUp | Quarantine | HandBack
 ACK = Ack()
+DUPLICATE = Ack(Outcome.DUPLICATE)  # the inbox had it: handled and committed before
 REQUEUE = Requeue()
 
 

@@ -25,6 +25,7 @@ class Outcome(enum.StrEnum):
     POISON = "poison"  # dead-lettered without running the handler (cannot be decoded)
     ERROR = "error"  # a responder failed: the requester got a RemoteError
     QUARANTINED = "quarantined"  # redelivered: moved to be handled alone, apart from the rest
+    DUPLICATE = "duplicate"  # the store's inbox had it: acked without running the handler
     HANDED_BACK = "handed-back"  # no handler here: back to the queue for another process
 
 
@@ -70,3 +71,9 @@ class Observer:
 
     def published(self, event: str, confirm_seconds: float) -> None:
         """A publish of ``event`` was confirmed after ``confirm_seconds``."""
+
+    def relayed(self, store: str, count: int) -> None:
+        """The outbox relay of ``store`` published ``count`` rows (confirmed)."""
+
+    def outbox_pending(self, store: str, pending: int) -> None:
+        """``store``'s outbox holds ``pending`` rows not yet confirmed (every few seconds)."""

@@ -1,0 +1,243 @@
+"""``Store``: a database (SQLAlchemy async engine) with choreo's inbox and outbox.
+
+::
+
+    store = Store(create_async_engine("postgresql+asyncpg://..."))  # or sqlite+aiosqlite
+    await store.create_tables()
+    billing = Service("billing", store=store)       # each delivery: one transaction
+
+    async with store.transaction() as tx:           # outside a handler
+        tx.session.add(Order(...))
+        await tx.publish(OrderPlaced(...))          # staged; sent after the commit
+
+What a handler of a stored service does runs in one transaction with the inbox row of
+its message and the events it publishes (``ctx.session``, ``ctx.publish``); a relay of
+the bus (``relay.py``) publishes the outbox once committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from .. import wire
+from ..errors import ConfigurationError
+from ..events import Event
+from ..observability import tracing
+from ..storage import Duplicate, Relaying, Send
+from ..transports.base import Message
+from .relay import Relay
+from .tables import INBOX, METADATA, NOTIFY_CHANNEL, OUTBOX, OutboxStatus, utcnow
+
+__all__ = ["OutboxStatus", "Store", "Transaction", "utcnow"]
+
+log = logging.getLogger("choreo.sql")
+
+Delay = timedelta | float | None
+
+
+def _seconds(delay: Delay) -> float:
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay or 0)
+    if seconds < 0:
+        raise ConfigurationError(f"a delay cannot be negative ({delay!r})")
+    return seconds
+
+
+class Store:
+    """The inbox and outbox of a database; see the module docstring.
+
+    ``retention``: sent outbox rows and inbox rows older than this are deleted in the
+    background (the inbox recognises redeliveries within this window). ``poll_interval``:
+    how often an idle relay looks for rows committed elsewhere (PostgreSQL wakes it at
+    once through LISTEN/NOTIFY; SQLite has only this). ``batch_size``: rows a relay
+    publishes per round trip. ``lease``: seconds a relay holds the rows it publishes
+    before another relay may take them (a relay that died).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        name: str | None = None,
+        retention: timedelta = timedelta(days=7),
+        poll_interval: float = 1.0,
+        batch_size: int = 500,
+        lease: float = 60.0,
+    ) -> None:
+        if not isinstance(engine, AsyncEngine):
+            raise ConfigurationError(
+                "Store(engine): an AsyncEngine, from sqlalchemy.ext.asyncio.create_async_engine"
+            )
+        dialect = engine.dialect.name
+        if dialect not in ("postgresql", "sqlite"):
+            raise ConfigurationError(f"Store: {dialect!r} is not supported (PostgreSQL, SQLite)")
+        if batch_size < 1 or poll_interval <= 0 or lease <= 0:
+            raise ConfigurationError("Store: batch_size, poll_interval and lease must be > 0")
+        self.engine = engine
+        self.metadata = METADATA
+        self.name = name or engine.url.render_as_string(hide_password=True)
+        self.retention = retention
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self.lease = lease
+        self.lease_time = timedelta(seconds=lease)
+        self.postgres = dialect == "postgresql"
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._insert = postgresql.insert if self.postgres else sqlite.insert
+        self._listeners: set[Callable[[], None]] = set()
+
+    def __repr__(self) -> str:
+        return f"Store({self.name!r})"
+
+    async def create_tables(self) -> None:
+        """Create ``choreo_outbox`` and ``choreo_inbox`` unless they exist (idempotent)."""
+        async with self.engine.begin() as connection:
+            await connection.run_sync(METADATA.create_all)
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A session in a transaction; what ``tx.publish`` stages is sent once it commits."""
+        async with self.sessions() as session, session.begin():
+            tx = Transaction(self, session)
+            yield tx
+        if tx.staged:
+            self.committed()
+
+    @contextlib.asynccontextmanager
+    async def handling(self, service: str, message_id: str | None) -> AsyncIterator[Transaction]:
+        """The transaction of one handling attempt (see ``choreo.storage.Storage``)."""
+        async with self.sessions() as session, session.begin():
+            if message_id is not None:
+                row = {"service": service, "message_id": message_id, "handled_at": utcnow()}
+                claimed = await session.execute(
+                    self._insert(INBOX).values(row).on_conflict_do_nothing()
+                )
+                if claimed.rowcount == 0:  # type: ignore[attr-defined]
+                    raise Duplicate(f"{service} handled message {message_id} already")
+            tx = Transaction(self, session)
+            yield tx
+        if tx.staged:
+            self.committed()
+
+    async def publish(
+        self,
+        session: AsyncSession,
+        event: Event,
+        *,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        delay: Delay = None,
+    ) -> str:
+        """Stage ``event`` in ``session``'s transaction (yours to commit); return its
+        message id. The relay sends it after the commit (found by LISTEN or its poll)."""
+        message = _encoded(event, correlation_id, headers)
+        await self.stage(session, message, _seconds(delay))
+        return message.message_id  # type: ignore[return-value]  # wire always sets it
+
+    async def stage(
+        self, session: AsyncSession, message: Message, delay: float = 0.0, notify: bool = True
+    ) -> None:
+        """Insert ``message`` into the outbox in ``session``'s transaction (``notify``: tell
+        PostgreSQL's listening relays at commit; once per transaction is enough)."""
+        now = utcnow()
+        await session.execute(
+            sa.insert(OUTBOX).values(
+                message_id=message.message_id,
+                event=message.type or "",
+                body=message.body,
+                headers=dict(message.headers),
+                correlation_id=message.correlation_id,
+                content_type=message.content_type,
+                timestamp=message.timestamp,
+                created_at=now,
+                due_at=now + timedelta(seconds=delay) if delay else now,
+                attempts=0,
+            )
+        )
+        if notify and self.postgres:  # reaches the relays' LISTEN at commit, not on rollback
+            await session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
+
+    def committed(self) -> None:
+        """Staged rows were committed in this process: wake its relays now."""
+        for wake in list(self._listeners):
+            wake()
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` after each local commit that staged; returns the undo."""
+        self._listeners.add(wake)
+        return lambda: self._listeners.discard(wake)
+
+    # -- the relay and its status ------------------------------------------------------------
+
+    def relay(self, send: Send, observer: Any) -> Relaying:
+        return Relay(self, send, observer)
+
+    async def status(self) -> OutboxStatus:
+        pending = OUTBOX.c.sent_at.is_(None)
+        async with self.sessions() as session:
+            count, oldest, failing = (
+                await session.execute(
+                    sa.select(
+                        sa.func.count(),
+                        sa.func.min(OUTBOX.c.created_at),
+                        sa.func.count(OUTBOX.c.last_error),
+                    ).where(pending)
+                )
+            ).one()
+            last_error = await session.scalar(
+                sa.select(OUTBOX.c.last_error)
+                .where(pending, OUTBOX.c.last_error.is_not(None))
+                .order_by(OUTBOX.c.id.desc())
+                .limit(1)
+            )
+            sent = await session.scalar(
+                sa.select(sa.func.count()).where(OUTBOX.c.sent_at.is_not(None))
+            )
+        return OutboxStatus(int(count), oldest, int(failing), last_error, int(sent or 0))
+
+
+class Transaction:
+    """One transaction of a store: ``session`` and ``publish`` (staged, sent after commit)."""
+
+    def __init__(self, store: Store, session: AsyncSession) -> None:
+        self.store = store
+        self.session = session
+        self.staged = 0
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        delay: Delay = None,
+    ) -> str:
+        """Stage ``event``; return its message id (fixed now: a re-publish after a relay
+        crash carries the same id, which inboxes downstream recognise)."""
+        message = _encoded(event, correlation_id, headers)
+        await self.stage(message, _seconds(delay))
+        return message.message_id  # type: ignore[return-value]  # wire always sets it
+
+    async def stage(self, message: Message, due: float | None = None) -> None:
+        """Stage an encoded message (what ``ctx.publish`` of a stored service does)."""
+        delay = 0.0 if due is None else max(0.0, due - utcnow().replace(tzinfo=UTC).timestamp())
+        await self.store.stage(self.session, message, delay, notify=not self.staged)
+        self.staged += 1
+
+
+def _encoded(
+    event: Event, correlation_id: str | None, headers: Mapping[str, Any] | None
+) -> Message:
+    message = wire.encode(event, correlation_id=correlation_id, headers=headers)
+    if tracing.ENABLED:
+        tracing.inject(message.headers)
+    return message

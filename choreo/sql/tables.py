@@ -1,0 +1,79 @@
+"""The store's two tables. ``METADATA`` is what ``Store.metadata`` hands to Alembic users.
+
+``choreo_outbox``: one row per staged message, in staging order (``id``); ``sent_at`` is
+set once the broker confirmed it. ``lease_owner``/``lease_until`` mark rows a relay is
+publishing, so that several relays never publish one row at once. ``due_at``: not sent
+before then (delayed messages). ``attempts``/``last_error``: failed publishes.
+
+``choreo_inbox``: one row per (service, message id) handled and committed; a redelivery
+finds it and is acknowledged without running the handler.
+
+Times are naive UTC ``datetime`` values, the same on every database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+__all__ = ["INBOX", "METADATA", "NOTIFY_CHANNEL", "OUTBOX", "OutboxStatus", "utcnow"]
+
+NOTIFY_CHANNEL = "choreo_outbox"  # PostgreSQL: relays LISTEN, commits that staged NOTIFY
+
+
+def utcnow() -> datetime:
+    """Now, as the tables keep times: naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    """What ``choreo outbox status`` prints."""
+
+    pending: int  # committed, not yet confirmed by the broker
+    oldest_pending: datetime | None  # created_at of the oldest of them (naive UTC)
+    failing: int  # pending rows whose last publish failed
+    last_error: str | None
+    sent: int  # confirmed rows still kept (retention)
+
+
+METADATA = sa.MetaData()
+
+OUTBOX = sa.Table(
+    "choreo_outbox",
+    METADATA,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("message_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("event", sa.String(255), nullable=False),
+    sa.Column("body", sa.LargeBinary(), nullable=False),
+    sa.Column("headers", sa.JSON(), nullable=False),
+    sa.Column("correlation_id", sa.String(255)),
+    sa.Column("content_type", sa.String(255)),
+    sa.Column("timestamp", sa.BigInteger()),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("due_at", sa.DateTime(), nullable=False),
+    sa.Column("sent_at", sa.DateTime()),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_until", sa.DateTime()),
+    sa.Column("attempts", sa.Integer(), nullable=False, default=0),
+    sa.Column("last_error", sa.Text()),
+)
+# what the relay looks for: unsent rows, in staging order (a partial index stays small)
+sa.Index(
+    "choreo_outbox_pending",
+    OUTBOX.c.id,
+    postgresql_where=OUTBOX.c.sent_at.is_(None),
+    sqlite_where=OUTBOX.c.sent_at.is_(None),
+)
+sa.Index("choreo_outbox_sent_at", OUTBOX.c.sent_at)
+
+INBOX = sa.Table(
+    "choreo_inbox",
+    METADATA,
+    sa.Column("service", sa.String(255), primary_key=True),
+    sa.Column("message_id", sa.String(255), primary_key=True),
+    sa.Column("handled_at", sa.DateTime(), nullable=False),
+)
+sa.Index("choreo_inbox_handled_at", INBOX.c.handled_at)
