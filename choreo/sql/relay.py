@@ -234,7 +234,8 @@ class Relay:
     async def _unlisten_postgres(self) -> None:
         connection, self._listening = self._listening, None
         if connection is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # not back to the pool: it still LISTENs
+                await connection.invalidate()
                 await connection.close()
 
     # -- housekeeping: the pending gauge, retention ------------------------------------------
