@@ -11,11 +11,13 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 import choreo
+from choreo.transports.base import FANOUT, QueueSpec
 
-from .conftest import Buses
+from .conftest import Buses, unique
 from .fixtures.worker import Ping
 from .helpers import WAIT, ready_count
 
@@ -331,3 +333,99 @@ def test_run_takes_a_message_size_limit() -> None:
         "run", "tests.fixtures.worker:service", "--broker", "memory://", "--max-message-size", "0"
     )
     assert result.returncode == 2
+
+
+async def exchange_exists(url: str, name: str) -> bool:
+    """Asked of RabbitMQ directly (aio-pika, passive declare), not through choreo."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        try:
+            await channel.declare_exchange(name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return False
+        return True
+    finally:
+        await connection.close()
+
+
+def test_publish_help_mentions_declare() -> None:
+    """choreo publish --help documents --declare."""
+    assert "--declare" in choreo_cmd("publish", "--help").stdout
+
+
+async def publish_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(choreo_cmd, "publish", *args)
+
+
+@pytest.mark.broker
+class TestPublishToAMissingExchange:
+    """`choreo publish` declares no exchange unless told to (--declare): a forgotten
+    --namespace must not leave a stray top-level exchange on the broker."""
+
+    async def test_a_missing_exchange_is_an_error_and_stays_missing(
+        self, make_bus: Buses, namespace: str
+    ) -> None:
+        """Exit 1, one line naming the exchange and the way out; nothing declared."""
+        exchange = f"{namespace}.order_placed"
+        make_bus.extra_exchanges.add(exchange)  # deleted at the end, should it exist
+        result = await publish_cmd(
+            "order_placed", '{"n": 1}', "--broker", make_bus.url, "--namespace", namespace
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == ""
+        assert result.stderr == (
+            f"choreo: error: exchange {exchange!r} does not exist on the broker (no service "
+            "declared it; check --namespace, or pass --declare to create it)\n"
+        )
+        assert not await exchange_exists(make_bus.url, exchange)
+
+    async def test_a_forgotten_namespace_leaves_no_stray_exchange(
+        self, make_bus: Buses, namespace: str
+    ) -> None:
+        """The consumers live in a namespace; publishing without it: exit 1, no top-level
+        exchange, nothing delivered to them."""
+        event = unique("event")
+        bus = await make_bus()
+        queue = f"{namespace}.consumer"
+        await bus.transport.declare_exchange(f"{namespace}.{event}", FANOUT)
+        await bus.transport.declare_queue(QueueSpec(queue, ((f"{namespace}.{event}", ""),)))
+        make_bus.extra_queues.add(queue)
+        make_bus.extra_exchanges |= {f"{namespace}.{event}", event}
+        result = await publish_cmd(event, '{"n": 1}', "--broker", make_bus.url)
+        assert result.returncode == 1, result.stderr
+        assert f"exchange {event!r} does not exist" in result.stderr
+        assert "--namespace" in result.stderr
+        assert not await exchange_exists(make_bus.url, event)
+        assert await bus.transport.queue_size(queue) == 0
+
+    async def test_an_existing_exchange_needs_no_declare(
+        self, make_bus: Buses, namespace: str
+    ) -> None:
+        """The exchange its consumers declared: published, confirmed, delivered, exit 0."""
+        bus = await make_bus()
+        exchange, queue = f"{namespace}.ping", f"{namespace}.raw"
+        await bus.transport.declare_exchange(exchange, FANOUT)
+        await bus.transport.declare_queue(QueueSpec(queue, ((exchange, ""),)))
+        make_bus.extra_queues.add(queue)
+        make_bus.extra_exchanges.add(exchange)
+        result = await publish_cmd(
+            "ping", '{"n": 1}', "--broker", make_bus.url, "--namespace", namespace
+        )
+        assert result.returncode == 0, result.stderr
+        assert len(result.stdout.strip()) == 32  # the message id
+        assert await bus.transport.queue_size(queue) == 1
+
+    async def test_declare_creates_the_exchange_and_publishes(
+        self, make_bus: Buses, namespace: str
+    ) -> None:
+        """--declare: declared and published as before (nothing bound yet: exit 3)."""
+        exchange = f"{namespace}.order_placed"
+        make_bus.extra_exchanges.add(exchange)
+        result = await publish_cmd(
+            "order_placed", '{"n": 1}', "--broker", make_bus.url, "--namespace", namespace,
+            "--declare",
+        )  # fmt: skip
+        assert result.returncode == 3, result.stderr
+        assert f"no queue is bound to exchange {exchange!r}" in result.stderr
+        assert await exchange_exists(make_bus.url, exchange)

@@ -46,6 +46,7 @@ ON_A_QUEUE: dict[str, Operation] = {
 ANY: dict[str, Operation] = {
     **ON_A_QUEUE,
     "declare_exchange": lambda t, q: t.declare_exchange(q, FANOUT),
+    "exchange_exists": lambda t, q: t.exchange_exists(q),
     "declare_queue": lambda t, q: t.declare_queue(QueueSpec(q)),
     "publish": lambda t, q: t.publish(_message(), "", q),
 }
@@ -87,6 +88,26 @@ class TestDeclaring:
         make_bus.extra_queues.add(name)
         with pytest.raises(ConfigurationError, match="no exchange"):
             await transport.declare_queue(QueueSpec(name, bindings=((f"{ns}.nowhere", ""),)))
+
+
+class TestExchangeExists:
+    async def test_exists_only_once_declared_and_asking_declares_nothing(
+        self, make_bus: Buses
+    ) -> None:
+        """False for a missing exchange (and it stays missing: asking is a passive
+        declare), True once declared, of either kind; the default exchange exists."""
+        transport, ns = await _transport(make_bus)
+        fanout, direct = f"{ns}.asked", f"{ns}.asked-direct"
+        assert not await transport.exchange_exists(fanout)
+        assert not await transport.exchange_exists(fanout)  # the first ask created nothing
+        with pytest.raises(PublishError, match="no exchange"):
+            await transport.publish(_message(), fanout)
+        make_bus.extra_exchanges |= {fanout, direct}
+        await transport.declare_exchange(fanout, FANOUT)
+        await transport.declare_exchange(direct, DIRECT)
+        assert await transport.exchange_exists(fanout)
+        assert await transport.exchange_exists(direct)
+        assert await transport.exchange_exists("")
 
 
 class TestMissingQueue:

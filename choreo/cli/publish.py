@@ -5,6 +5,10 @@ the JSON object as the body, ``content_type=application/json``, persistent, a ne
 ``message_id``, ``timestamp``, ``type=<event name>``, to the event's durable fanout
 exchange, ``mandatory``, confirmed by the broker. The payload is not validated against any
 model: consumers validate what they receive (an invalid one is dead-lettered).
+
+The exchange must exist (its consumers' ``choreo run``, or ``choreo topology --apply``,
+declares it): a forgotten ``--namespace`` would otherwise leave a stray exchange on the
+broker. ``--declare`` declares it when it is missing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .. import wire
 from ..bus import connect
 from ..errors import ConfigurationError, Unroutable
 from ..topology import exchange_name
-from ._common import BrokerOption, DebugOption, NamespaceOption, errors, warn
+from ._common import BrokerOption, DebugOption, NamespaceOption, errors, fail, warn
 
 __all__ = ["UNROUTABLE_EXIT", "publish", "read_payload"]
 
@@ -78,6 +82,14 @@ def publish(
     correlation_id: Annotated[
         str | None, typer.Option("--correlation-id", help="correlation_id of the message.")
     ] = None,
+    declare: Annotated[
+        bool,
+        typer.Option(
+            "--declare",
+            help="Declare the event's exchange when it does not exist (without it, a "
+            "missing exchange is an error, exit 1).",
+        ),
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Publish one event to its exchange; print its message id once the broker confirmed.
@@ -87,12 +99,15 @@ def publish(
       choreo publish sku_received '{"sku": "SKU-3", "quantity": 5, "warehouse": "north"}'
       choreo publish sku_received @report.json --namespace staging --correlation-id r-42
       echo '{"sku": "SKU-3"}' | choreo publish sku_processed @-
+      choreo publish sku_received @report.json --namespace staging --declare
 
     The message follows the wire contract (JSON body, persistent, message_id, timestamp,
-    type=EVENT_NAME); the payload is not checked against any model. Exit 0: confirmed.
-    Exit 3: confirmed, but no queue is bound to the event's exchange, so nobody receives
-    it (a warning on stderr). Exit 2: bad JSON, unreadable @FILE, bad name or URL. Exit 1:
-    the broker cannot be reached or did not confirm.
+    type=EVENT_NAME); the payload is not checked against any model. The event's exchange
+    must exist (its consumers declare it); --declare creates it when it does not.
+    Exit 0: confirmed. Exit 3: confirmed, but no queue is bound to the event's exchange,
+    so nobody receives it (a warning on stderr). Exit 2: bad JSON, unreadable @FILE, bad
+    name or URL. Exit 1: the broker cannot be reached or did not confirm, or the event's
+    exchange does not exist and --declare was not given.
     """
     with errors(debug):
         fields = read_payload(payload)
@@ -101,17 +116,26 @@ def publish(
             broker, namespace=namespace, connection_name="choreo publish", on_unroutable="raise"
         )
 
-        async def send() -> str:
+        exchange = exchange_name(bus.namespace, event_name)
+
+        async def send() -> str | None:
             async with bus:
+                if not declare and not await bus.transport.exchange_exists(exchange):
+                    return None  # publish_json would declare it
                 return await bus.publish_json(event_name, fields, correlation_id=correlation_id)
 
         try:
             message_id = asyncio.run(send())
         except Unroutable:
             warn(
-                f"no queue is bound to exchange {exchange_name(bus.namespace, event_name)!r}: "
+                f"no queue is bound to exchange {exchange!r}: "
                 f"nobody consumes {event_name!r} there, so the event was dropped "
                 "(start its consumers, or run `choreo topology --apply`, first)"
             )
             raise typer.Exit(UNROUTABLE_EXIT) from None
+        if message_id is None:
+            fail(
+                f"exchange {exchange!r} does not exist on the broker (no service declared it; "
+                "check --namespace, or pass --declare to create it)"
+            )
     typer.echo(message_id)

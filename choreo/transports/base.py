@@ -118,6 +118,11 @@ class Transport(abc.ABC):
         """Declare a durable exchange, ``FANOUT`` or ``DIRECT`` (idempotent)."""
 
     @abc.abstractmethod
+    async def exchange_exists(self, name: str) -> bool:
+        """Whether the exchange ``name`` exists on the broker (AMQP passive declare): it
+        declares nothing. The default exchange ``""`` always exists."""
+
+    @abc.abstractmethod
     async def declare_queue(self, spec: QueueSpec) -> None:
         """Declare a durable queue and bind it to its exchanges (idempotent)."""
 

@@ -109,6 +109,9 @@ class MemoryTransport(Transport):
     async def declare_exchange(self, name: str, kind: str = FANOUT) -> None:
         self.broker.declare_exchange(name, kind)
 
+    async def exchange_exists(self, name: str) -> bool:
+        return name == "" or name in self.broker.exchanges
+
     async def declare_queue(self, spec: QueueSpec) -> None:
         self.broker.declare_queue(spec)
 

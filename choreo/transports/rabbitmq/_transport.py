@@ -163,6 +163,22 @@ class RabbitMQTransport(Transport):
         with translated(f"exchange {name!r}"):
             await channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
 
+    async def exchange_exists(self, name: str) -> bool:
+        """A passive declare on a channel of its own: NOT_FOUND closes that channel."""
+        if name == "":
+            return True
+        channel = await self.channel_for_consumer(0)
+        try:
+            with translated(f"exchange {name!r}"):
+                underlay = await channel.get_underlay_channel()
+                try:
+                    await underlay.exchange_declare(name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    return False
+            return True
+        finally:
+            await close_channel(channel)
+
     async def declare_queue(self, spec: QueueSpec) -> None:
         channel = await self._declaring()
         with translated(f"queue {spec.name!r}"):
