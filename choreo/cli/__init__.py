@@ -4,6 +4,7 @@
 * ``topology.py``: ``choreo topology [--apply]``
 * ``dlq.py``: ``choreo dlq list|replay|purge``
 * ``publish.py``: ``choreo publish``
+* ``outbox.py``: ``choreo outbox status``
 * ``tooling.py``: ``choreo graph``, ``check`` and ``asyncapi``
 * ``_common.py``: the shared options, and errors as one line on stderr
 """
@@ -15,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import dlq, publish, run, tooling, topology
+from . import dlq, outbox, publish, run, tooling, topology
 
 __all__ = ["app", "main"]
 
@@ -48,6 +49,7 @@ def _root(
 app.command()(run.run)
 app.command()(topology.topology)
 app.add_typer(dlq.dlq_app, name="dlq")
+app.add_typer(outbox.outbox_app, name="outbox")
 app.command()(tooling.graph)
 app.command()(tooling.check)
 app.command()(tooling.asyncapi)
