@@ -68,8 +68,8 @@ class TestInput:
 
 class TestNobodyBound:
     def test_publishing_where_nobody_listens_warns_and_exits_3(self) -> None:
-        """A fresh memory broker has no queue bound: a warning on stderr, exit 3."""
-        result = choreo_cmd("publish", "ping", '{"n": 1}', "--broker", "memory://")
+        """--declare on a fresh memory broker: no queue bound, a warning on stderr, exit 3."""
+        result = choreo_cmd("publish", "ping", '{"n": 1}', "--broker", "memory://", "--declare")
         assert result.returncode == 3
         assert result.stdout == ""
         assert result.stderr.startswith(
@@ -130,11 +130,12 @@ class TestOnRabbitMQ:
         assert before - 1 <= incoming.timestamp.timestamp() <= time.time() + 1
 
     async def test_nobody_bound_on_rabbitmq_exits_3(self, make_bus: Buses, namespace: str) -> None:
-        """A fresh namespace: the exchange is declared, nothing is bound, exit 3."""
+        """A fresh namespace with --declare: the exchange is declared, nothing is bound,
+        exit 3."""
         make_bus.extra_exchanges.add(f"{namespace}.ping")
         result = await asyncio.to_thread(
             choreo_cmd, "publish", "ping", '{"n": 1}', "--broker", make_bus.url,
-            "--namespace", namespace,
+            "--namespace", namespace, "--declare",
         )  # fmt: skip
         assert result.returncode == 3, result.stderr
         assert f"no queue is bound to exchange '{namespace}.ping'" in result.stderr
