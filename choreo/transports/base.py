@@ -1,10 +1,11 @@
 """The one small interface every transport implements.
 
 A transport knows nothing of events, services or handlers. It declares durable exchanges
-(fanout for events, direct for requests) and durable queues, publishes a :class:`Message`
-and returns once the broker has confirmed it, hands each incoming :class:`Delivery` to a
-callback, and sends a request and waits for the reply that names it. Everything else
-(encoding, dispatch, retries, dead letters) lives above it and is shared by all transports.
+(fanout for events, direct for requests) and durable queues (and unbinds them), publishes
+a :class:`Message` and returns once the broker has confirmed it, hands each incoming
+:class:`Delivery` to a callback, and sends a request and waits for the reply that names
+it. Everything else (encoding, dispatch, retries, dead letters) lives above it and is
+shared by all transports.
 """
 
 from __future__ import annotations
@@ -125,6 +126,13 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def declare_queue(self, spec: QueueSpec) -> None:
         """Declare a durable queue and bind it to its exchanges (idempotent)."""
+
+    @abc.abstractmethod
+    async def unbind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        """Remove the binding of ``queue`` to ``exchange`` with ``routing_key`` (AMQP
+        ``queue.unbind``); no error when there is no such binding or exchange,
+        ``ConfigurationError`` when there is no such queue. A reconnect does not bind it
+        again, even when it was declared through this transport."""
 
     @abc.abstractmethod
     async def publish(

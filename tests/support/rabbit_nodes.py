@@ -30,6 +30,10 @@ lock file records what the group started (pid and start time of each process, da
 session killed before its teardown (SIGKILL, ``timeout``) leaves nodes behind, and the next
 claimant ends exactly those processes and removes that directory before it starts.
 
+Plugins: none by default; ``plugins=("rabbitmq_management",)`` enables the management plugin,
+its HTTP API on ``127.0.0.1:{management_base + i}`` (default 15691..; ``node.management_url``),
+and a node counts as started once that API answers too.
+
 Every wait is bounded (count and time). :func:`started` is the fixture helper: it skips when
 RabbitMQ is not installed (fails in CI) and always stops what it started.
 """
@@ -49,6 +53,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +72,7 @@ CLAIM_DIR = Path(tempfile.gettempdir())
 DATA_PREFIX = "choreo-rabbit-"
 POLL = 0.2
 LOOPBACK_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
+MANAGEMENT = "rabbitmq_management"
 
 
 class RabbitNodeError(RuntimeError):
@@ -238,6 +245,7 @@ class RabbitNode:
         self.name = f"{group.prefix}{index}@{HOST}"
         self.amqp_port = group.amqp_base + index
         self.dist_port = group.dist_base + index
+        self.management_port = group.management_base + index
         self._process: subprocess.Popen[bytes] | None = None
         self._terminated = False
 
@@ -247,6 +255,25 @@ class RabbitNode:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{LOOPBACK}:{self.amqp_port}/"
+
+    @property
+    def management_url(self) -> str:
+        """Base URL of the management HTTP API (with ``plugins=("rabbitmq_management",)``)."""
+        if MANAGEMENT not in self.group.plugins:
+            raise RabbitNodeError(f"{self.name} runs without the {MANAGEMENT} plugin")
+        return f"http://{LOOPBACK}:{self.management_port}"
+
+    def management_answers(self) -> bool:
+        """True when the management API answers ``GET /api/overview`` as guest."""
+        wanted = urllib.request.Request(
+            f"{self.management_url}/api/overview",
+            headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="},  # guest:guest
+        )
+        try:
+            with urllib.request.urlopen(wanted, timeout=2) as answer:
+                return int(answer.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
     @property
     def dir(self) -> Path:
@@ -300,7 +327,10 @@ class RabbitNode:
         if self.running:
             return
         self._reap()
-        for port in (self.amqp_port, self.dist_port):
+        ports = [self.amqp_port, self.dist_port]
+        if MANAGEMENT in self.group.plugins:
+            ports.append(self.management_port)
+        for port in ports:
             if not _port_free(port):
                 raise RabbitNodeError(
                     f"port {port} on {LOOPBACK} is in use, not by {self.name}: another test "
@@ -314,13 +344,18 @@ class RabbitNode:
             "loopback_users.guest = true",
             "cluster_partition_handling = pause_minority",
         ]
+        if MANAGEMENT in self.group.plugins:
+            conf += [
+                f"management.tcp.ip = {LOOPBACK}",
+                f"management.tcp.port = {self.management_port}",
+            ]
         if seed is not None:  # read on a blank node's first boot only
             conf += [
                 "cluster_formation.peer_discovery_backend = classic_config",
                 f"cluster_formation.classic_config.nodes.1 = {seed.name}",
             ]
         (self.dir / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
-        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "enabled_plugins").write_text(f"[{','.join(self.group.plugins)}].\n")
         self.pid_file.unlink(missing_ok=True)
         env = {
             **self.group.env(),
@@ -351,17 +386,22 @@ class RabbitNode:
             )
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        """Wait until the node answers AMQP; raise (with its log) if it exits or times out."""
+        """Wait until the node answers AMQP (and its management API, when enabled); raise
+        (with its log) if it exits or times out."""
+        management = MANAGEMENT in self.group.plugins
 
         def ready() -> bool:
             if not self.running:
                 raise RabbitNodeError(
                     f"{self.name} exited while starting (logs: {self.dir}):\n{_tail(self.console)}"
                 )
-            return self.answers()
+            return self.answers() and (not management or self.management_answers())
 
+        what = f"{self.name} answering AMQP on {self.amqp_port}"
+        if management:
+            what += f" and HTTP on {self.management_port}"
         try:
-            _wait(f"{self.name} answering AMQP on {self.amqp_port}", ready, timeout)
+            _wait(what, ready, timeout)
         except RabbitNodeError as exc:
             if self.running:
                 raise RabbitNodeError(f"{exc} (logs: {self.dir})\n{_tail(self.console)}") from None
@@ -442,6 +482,8 @@ class RabbitNodes:
         amqp_base: int = 5690,
         dist_base: int = 25690,
         epmd_base: int = 4390,
+        plugins: tuple[str, ...] = (),
+        management_base: int = 15690,
     ) -> None:
         if not 1 <= size <= 9:
             raise ValueError("size must be 1..9")
@@ -455,6 +497,8 @@ class RabbitNodes:
         self.amqp_base = amqp_base
         self.dist_base = dist_base
         self.epmd_port = epmd_base + first
+        self.plugins = tuple(plugins)
+        self.management_base = management_base
         self.root: Path | None = None  # the data directory, while started
         self.nodes = [RabbitNode(self, first + k) for k in range(size)]
         self._epmd: subprocess.Popen[bytes] | None = None
@@ -671,9 +715,10 @@ def _stop_leftovers() -> None:
 
 
 @contextlib.contextmanager
-def started(size: int, *, first: int) -> Iterator[RabbitNodes]:
-    """Fixture helper: running nodes, always stopped afterwards. Skips when RabbitMQ is not
-    installed here, except in CI (``CI=true``), where that fails the test."""
+def started(size: int, *, first: int, plugins: tuple[str, ...] = ()) -> Iterator[RabbitNodes]:
+    """Fixture helper: running nodes (with ``plugins`` enabled), always stopped afterwards.
+    Skips when RabbitMQ is not installed here, except in CI (``CI=true``), where that fails
+    the test."""
     import pytest
 
     from ..conftest import IN_CI
@@ -686,5 +731,5 @@ def started(size: int, *, first: int) -> Iterator[RabbitNodes]:
                 f"{message} (CI=true: a missing rabbitmq-server is a failure)", pytrace=False
             )
         pytest.skip(message)
-    with RabbitNodes(size, first=first) as nodes:
+    with RabbitNodes(size, first=first, plugins=plugins) as nodes:
         yield nodes

@@ -11,6 +11,7 @@ with RabbitMQ's direct reply-to. Publishing to an exchange that was never declar
 as it does on RabbitMQ. A queue's dead-letter arguments apply as on RabbitMQ: a message
 that expires, is rejected without requeue, or (quorum) comes back more than
 ``x-delivery-limit`` times goes to the dead-letter exchange with an ``x-death`` header.
+Unlike RabbitMQ over AMQP, it lists a queue's bindings (:meth:`MemoryTransport.bindings`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,17 @@ class MemoryTransport(Transport):
 
     async def declare_queue(self, spec: QueueSpec) -> None:
         self.broker.declare_queue(spec)
+
+    async def unbind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        self._queue(queue)
+        self.broker.unbind(queue, exchange, routing_key)
+
+    async def bindings(self, queue: str) -> list[tuple[str, str]]:
+        """``queue``'s bindings as (exchange, routing key), which AMQP cannot list (RabbitMQ
+        needs its management API or rabbitmqctl); ``ConfigurationError`` when there is no
+        such queue."""
+        self._queue(queue)
+        return self.broker.bindings(queue)
 
     async def publish(
         self, message: Message, exchange: str, routing_key: str = "", *, mandatory: bool = False

@@ -174,6 +174,22 @@ class MemoryBroker:
                 raise ConfigurationError(f"cannot bind {spec.name!r}: no exchange {exchange!r}")
             self.exchanges[exchange].bindings.add((spec.name, key))
 
+    def unbind(self, queue: str, exchange: str, routing_key: str) -> None:
+        """Remove one binding; as on RabbitMQ, nothing happens when there is none."""
+        found = self.exchanges.get(exchange)
+        if found is not None:
+            found.bindings.discard((queue, routing_key))
+
+    def bindings(self, queue: str) -> list[tuple[str, str]]:
+        """``queue``'s bindings as (exchange, routing key), sorted; the default exchange's,
+        implicit, is not among them."""
+        return sorted(
+            (name, key)
+            for name, exchange in self.exchanges.items()
+            for bound, key in exchange.bindings
+            if bound == queue
+        )
+
     def publish(self, message: Message, exchange: str, routing_key: str, mandatory: bool) -> None:
         if exchange == "":  # the default exchange: a queue, or a reply address, by name
             reply = self.reply_addresses.get(routing_key)

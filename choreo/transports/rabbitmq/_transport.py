@@ -190,6 +190,17 @@ class RabbitMQTransport(Transport):
             with translated(f"binding of queue {spec.name!r} to {exchange!r}"):
                 await queue.bind(exchange, routing_key=key)
 
+    async def unbind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        channel = await self._declaring()
+        with translated(f"binding of queue {queue!r} to {exchange!r}"):
+            underlay = await channel.get_underlay_channel()
+            await underlay.queue_declare(queue, passive=True)  # RabbitMQ unbinds from nothing
+            await underlay.queue_unbind(queue, exchange, routing_key)
+            # aio-pika binds again after a reconnect what its queue objects remember (one per
+            # declaration on this channel): each forgets it (`_queues` is not public)
+            for known in tuple(getattr(channel, "_queues", {}).get(queue, ())):
+                await known.unbind(exchange, routing_key)
+
     async def publish(
         self, message: Message, exchange: str, routing_key: str = "", *, mandatory: bool = False
     ) -> None:
