@@ -234,3 +234,73 @@ async def test_plain_logs_carry_the_ids_of_the_message_handled(
     finally:
         process.terminate()
         await process.wait()
+
+
+class OrderPaid(Event, name="metrics_test.order_paid"):
+    order: str
+
+
+class Receipted(Event, name="metrics_test.receipted"):
+    order: str
+
+
+async def test_outbox_and_inbox_metrics(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored service on memory:// and SQLite: choreo_outbox_relayed_total{store} counts
+    what its relay published, choreo_outbox_pending{store} what waits (a delayed row), and a
+    redelivery the inbox knows is choreo_inbox_duplicates_total{service} and
+    choreo_handled_total{outcome="duplicate"}."""
+    import uuid
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from choreo import connect, topology, wire
+    from choreo.observability.metrics import PrometheusObserver
+    from choreo.sql import Store, relay
+    from choreo.transports import memory
+
+    monkeypatch.setattr(relay, "HOUSEKEEPING", 0.05)  # the pending gauge, read every 5 s
+    store = Store(create_async_engine(sqlite_url), name="shopdb")
+    await store.create_tables()
+    observer, receipts = PrometheusObserver(), Recorder()
+    billing, mailer = Service("billing", store=store), Service("mailer")
+
+    @billing.on(OrderPaid)
+    async def bill(event: OrderPaid, ctx: Context) -> None:
+        await ctx.publish(Receipted(order=event.order))
+
+    @mailer.on(Receipted)
+    async def mail(event: Receipted) -> None:
+        receipts.add(event.order)
+
+    async def metric(line: str) -> str:
+        async with asyncio.timeout(WAIT):
+            while line not in (text := observer.exposition().decode()):
+                await asyncio.sleep(0.02)
+        return text
+
+    broker = uuid.uuid4().hex
+    try:
+        async with connect(f"memory://{broker}", observer=observer) as bus:
+            await bus.start(billing, mailer)
+            message = wire.encode(OrderPaid(order="o-1"))
+            exchange = topology.exchange_name(bus.namespace, "metrics_test.order_paid")
+            await bus.transport.publish(message, exchange)
+            assert await receipts.wait_for(1) == ["o-1"]
+            await metric('choreo_outbox_relayed_total{store="shopdb"} 1.0')
+            await metric('choreo_outbox_pending{store="shopdb"} 0.0')
+            await bus.transport.publish(message, exchange)  # the same message again
+            text = await metric('choreo_inbox_duplicates_total{service="billing"} 1.0')
+            assert (
+                'choreo_handled_total{event="metrics_test.order_paid",outcome="duplicate",'
+                'service="billing"} 1.0' in text
+            )
+            async with store.transaction() as tx:  # store.publish: tx.publish drops the delay
+                await store.publish(tx.session, Receipted(order="later"), delay=3600)
+            await metric('choreo_outbox_pending{store="shopdb"} 1.0')
+            assert (
+                'choreo_outbox_relayed_total{store="shopdb"} 1.0' in observer.exposition().decode()
+            )
+            assert receipts.items == ["o-1"]
+    finally:
+        memory.forget(broker)
+        await store.engine.dispose()

@@ -2,10 +2,14 @@
 
 Needs the optional extra ``choreo-mq[metrics]`` (prometheus-client). Metrics, per service
 and event: ``choreo_consumed_total``, ``choreo_handled_total`` (by outcome: ok, retry,
-requeued, dead-lettered, poison, error), ``choreo_handler_duration_seconds``; per
-service ``choreo_in_flight``; per event ``choreo_published_total`` and
-``choreo_publish_confirm_seconds``. ``/healthz`` answers 200 while the bus is connected
-and consuming, 503 otherwise.
+requeued, dead-lettered, poison, error, quarantined, duplicate, handed-back; see
+``observer.Outcome``), ``choreo_handler_duration_seconds``; per service
+``choreo_in_flight`` and ``choreo_inbox_duplicates_total`` (redeliveries a store's inbox
+had handled already: acked without running the handler); per event
+``choreo_published_total`` and ``choreo_publish_confirm_seconds``; per store (its
+``name``) ``choreo_outbox_relayed_total`` (rows the relay published, confirmed) and
+``choreo_outbox_pending`` (rows committed, not yet confirmed; updated every few seconds).
+``/healthz`` answers 200 while the bus is connected and consuming, 503 otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class PrometheusObserver(Observer):
 
     def __init__(self) -> None:
         try:
-            from prometheus_client import CollectorRegistry, Counter, Histogram
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         except ImportError:
             raise ConfigurationError(
                 "metrics need prometheus-client: pip install 'choreo-mq[metrics]'"
@@ -54,6 +58,18 @@ class PrometheusObserver(Observer):
             "choreo_publish_confirm_seconds", "Time to the broker's confirm", ("event",),
             registry=self.registry,
         )  # fmt: skip
+        self._duplicates = Counter(
+            "choreo_inbox_duplicates", "Redeliveries the inbox had handled already",
+            ("service",), registry=self.registry,
+        )  # fmt: skip
+        self._relayed = Counter(
+            "choreo_outbox_relayed", "Outbox rows published (confirmed)", ("store",),
+            registry=self.registry,
+        )  # fmt: skip
+        self._pending = Gauge(
+            "choreo_outbox_pending", "Outbox rows committed, not yet confirmed", ("store",),
+            registry=self.registry,
+        )  # fmt: skip
         self.bus: Bus | None = None
         self.registry.register(_InFlight(self))
 
@@ -72,10 +88,18 @@ class PrometheusObserver(Observer):
         self._consumed.labels(service, name).inc()
         self._handled.labels(service, name, outcome.value).inc()
         self._duration.labels(service, name).observe(duration)
+        if outcome is Outcome.DUPLICATE:
+            self._duplicates.labels(service).inc()
 
     def published(self, event: str, confirm_seconds: float) -> None:
         self._published.labels(event).inc()
         self._confirm.labels(event).observe(confirm_seconds)
+
+    def relayed(self, store: str, count: int) -> None:
+        self._relayed.labels(store).inc(count)
+
+    def outbox_pending(self, store: str, pending: int) -> None:
+        self._pending.labels(store).set(pending)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
