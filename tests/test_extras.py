@@ -120,3 +120,48 @@ def test_tracing_is_off_without_opentelemetry() -> None:
     code = "from choreo.observability import tracing; print(tracing.ENABLED)"
     assert _python(code, "opentelemetry").stdout.strip() == "False"
     assert _python(code).stdout.strip() == "True"
+
+
+SQL_EXTRA = "choreo.sql needs SQLAlchemy: pip install 'choreo-mq[sql]'"
+
+
+def test_the_core_works_without_sqlalchemy_and_never_imports_it() -> None:
+    """The sql extra: without SQLAlchemy, import choreo and a memory round trip work; with
+    it installed, the core still does not import it (only choreo.sql does)."""
+    result = _python(ROUND_TRIP, "sqlalchemy")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "seen [7]"
+    code = ROUND_TRIP + "print('sqlalchemy' in sys.modules)"
+    assert _python(code).stdout.split("\n")[:2] == ["seen [7]", "False"]
+
+
+def test_the_store_without_sqlalchemy_names_the_extra() -> None:
+    """from choreo.sql import Store: an ImportError that says what to install."""
+    code = (
+        "try:\n"
+        "    from choreo.sql import Store\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    result = _python(code, "sqlalchemy")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"ImportError {SQL_EXTRA}\n"
+
+
+def test_outbox_status_without_sqlalchemy_is_one_line() -> None:
+    """choreo outbox status without SQLAlchemy: exit 2, one line naming the extra."""
+    code = (
+        "from choreo.cli import main; sys.argv = ['choreo', 'outbox', 'status', "
+        "'tests.fixtures.outbox_store:store']; main()"
+    )
+    result = _python(code, "sqlalchemy")
+    assert result.returncode == 2
+    assert result.stderr == f"choreo: error: {SQL_EXTRA}\n"
+
+
+def test_the_store_with_sqlalchemy_imports() -> None:
+    """With the extra: Store, Transaction and OutboxStatus import from choreo.sql."""
+    code = "from choreo.sql import OutboxStatus, Store, Transaction; print(Store.__module__)"
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "choreo.sql.store"
