@@ -224,7 +224,8 @@ class Transaction:
         """Stage ``event``; return its message id (fixed now: a re-publish after a relay
         crash carries the same id, which inboxes downstream recognise)."""
         message = _encoded(event, correlation_id, headers)
-        await self.stage(message, _seconds(delay))
+        await self.store.stage(self.session, message, _seconds(delay), notify=not self.staged)
+        self.staged += 1
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
     async def stage(self, message: Message, due: float | None = None) -> None:
