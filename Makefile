@@ -47,5 +47,11 @@ bench-all: bench
 	$(BIN)/python -m bench.rpc --n 5000 --runs 3
 	$(BIN)/python -m bench.workers --n 4000 --runs 3
 
+# The database store (#13): inbox overhead, outbox relay vs direct publishing. Needs
+# RabbitMQ and PostgreSQL (CHOREO_BENCH_POSTGRES_URL); bigger: STORE_BENCH_ARGS='--n 10000'.
+.PHONY: bench-store
+bench-store: $(STAMP)
+	$(BIN)/python -m bench.store --n 1000 --runs 3 $(STORE_BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
