@@ -9,16 +9,23 @@ import sys
 from ..errors import ConfigurationError
 from ..service import Service
 
-__all__ = ["load_service"]
+__all__ = ["load_object", "load_service"]
 
 
 def load_service(target: str) -> Service:
     """The ``Service`` named by ``target`` (``package.module:attribute``)."""
+    obj = load_object(target, "services.catalog:service")
+    if not isinstance(obj, Service):
+        raise ConfigurationError(f"{target!r} is a {type(obj).__name__}, not a choreo.Service")
+    return obj
+
+
+def load_object(target: str, example: str) -> object:
+    """The object named by ``target`` (``package.module:attribute``); ``example`` is shown
+    when ``target`` is not of that form."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigurationError(
-            f"{target!r}: expected MODULE:ATTRIBUTE, e.g. services.catalog:service"
-        )
+        raise ConfigurationError(f"{target!r}: expected MODULE:ATTRIBUTE, e.g. {example}")
     if os.getcwd() not in sys.path:  # a console script does not put the working directory first
         sys.path.insert(0, os.getcwd())
     try:
@@ -41,6 +48,4 @@ def load_service(target: str) -> Service:
             raise ConfigurationError(
                 f"{target!r}: module {module_name!r} has no attribute {attr!r}"
             ) from None
-    if not isinstance(obj, Service):
-        raise ConfigurationError(f"{target!r} is a {type(obj).__name__}, not a choreo.Service")
     return obj

@@ -10,9 +10,6 @@ imported here, when the command runs, never when ``choreo`` starts.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import os
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -24,6 +21,7 @@ from ..errors import ChoreoError, ConfigurationError, ConnectionFailed
 from ..service import Service
 from ..topology import exchange_name
 from ._common import BrokerOption, DebugOption, NamespaceOption, errors
+from .loader import load_object
 
 if TYPE_CHECKING:
     from ..sql import OutboxStatus, Store
@@ -56,39 +54,12 @@ def age(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
-def _load(target: str) -> object:
-    """The object named by ``target``, with the errors of ``loader.load_service``."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigurationError(f"{target!r}: expected MODULE:ATTRIBUTE, e.g. app.db:store")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: object = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
-            raise ConfigurationError(f"{target!r}: no module named {exc.name!r}") from exc
-        raise ConfigurationError(f"{target!r}: importing {module_name!r} failed: {exc}") from exc
-    except Exception as exc:
-        raise ConfigurationError(
-            f"{target!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigurationError(
-                f"{target!r}: module {module_name!r} has no attribute {attr!r}"
-            ) from None
-    return obj
-
-
 def _store(target: str) -> Store:
     try:
         from ..sql import Store
     except ImportError as exc:  # the sql extra is not installed
         raise ConfigurationError(str(exc)) from None
-    obj = _load(target)
+    obj = load_object(target, "app.db:store")
     if isinstance(obj, Service):
         if obj.store is None:
             raise ConfigurationError(f"{target!r}: service {obj.name!r} has no store")
