@@ -90,7 +90,9 @@ class Store:
         self.lease_time = timedelta(seconds=lease)
         self.postgres = dialect == "postgresql"
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._insert = postgresql.insert if self.postgres else sqlite.insert
+        insert = postgresql.insert if self.postgres else sqlite.insert
+        # built once: SQLAlchemy would otherwise rebuild it for every delivery
+        self._claim = insert(INBOX).on_conflict_do_nothing()
         self._listeners: set[Callable[[], None]] = set()
 
     def __repr__(self) -> str:
@@ -118,9 +120,7 @@ class Store:
         async with self.sessions() as session, session.begin():
             if message_id is not None:
                 row = {"service": service, "message_id": message_id, "handled_at": utcnow()}
-                claimed = await session.execute(
-                    self._insert(INBOX).values(row).on_conflict_do_nothing()
-                )
+                claimed = await session.execute(self._claim, row)
                 if claimed.rowcount == 0:  # type: ignore[attr-defined]
                     raise Duplicate(f"{service} handled message {message_id} already")
             tx = Transaction(self, session)
