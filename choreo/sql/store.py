@@ -111,6 +111,7 @@ class Store:
         async with self.sessions() as session, session.begin():
             tx = Transaction(self, session)
             yield tx
+            await tx.flush()
         if tx.staged:
             self.committed()
 
@@ -125,6 +126,7 @@ class Store:
                     raise Duplicate(f"{service} handled message {message_id} already")
             tx = Transaction(self, session)
             yield tx
+            await tx.flush()
         if tx.staged:
             self.committed()
 
@@ -143,27 +145,30 @@ class Store:
         await self.stage(session, message, _seconds(delay))
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
-    async def stage(
-        self, session: AsyncSession, message: Message, delay: float = 0.0, notify: bool = True
-    ) -> None:
-        """Insert ``message`` into the outbox in ``session``'s transaction (``notify``: tell
-        PostgreSQL's listening relays at commit; once per transaction is enough)."""
+    async def stage(self, session: AsyncSession, message: Message, delay: float = 0.0) -> None:
+        """Insert ``message`` into the outbox in ``session``'s transaction."""
+        await self.write(session, [self.row(message, delay)])
+
+    def row(self, message: Message, delay: float = 0.0) -> dict[str, Any]:
+        """The outbox row of ``message``, due ``delay`` seconds from now."""
         now = utcnow()
-        await session.execute(
-            sa.insert(OUTBOX).values(
-                message_id=message.message_id,
-                event=message.type or "",
-                body=message.body,
-                headers=dict(message.headers),
-                correlation_id=message.correlation_id,
-                content_type=message.content_type,
-                timestamp=message.timestamp,
-                created_at=now,
-                due_at=now + timedelta(seconds=delay) if delay else now,
-                attempts=0,
-            )
-        )
-        if notify and self.postgres:  # reaches the relays' LISTEN at commit, not on rollback
+        return {
+            "message_id": message.message_id,
+            "event": message.type or "",
+            "body": message.body,
+            "headers": dict(message.headers),
+            "correlation_id": message.correlation_id,
+            "content_type": message.content_type,
+            "timestamp": message.timestamp,
+            "created_at": now,
+            "due_at": now + timedelta(seconds=delay) if delay else now,
+            "attempts": 0,
+        }
+
+    async def write(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` in one statement (several rows per round trip)."""
+        await session.execute(sa.insert(OUTBOX), rows)
+        if self.postgres:  # reaches the relays' LISTEN at commit, not on rollback
             await session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
 
     def committed(self) -> None:
@@ -206,12 +211,14 @@ class Store:
 
 
 class Transaction:
-    """One transaction of a store: ``session`` and ``publish`` (staged, sent after commit)."""
+    """One transaction of a store: ``session`` and ``publish`` (staged, sent after commit).
+    Staged rows are written together, in one statement, just before the commit."""
 
     def __init__(self, store: Store, session: AsyncSession) -> None:
         self.store = store
         self.session = session
         self.staged = 0
+        self._rows: list[dict[str, Any]] = []
 
     async def publish(
         self,
@@ -224,15 +231,21 @@ class Transaction:
         """Stage ``event``; return its message id (fixed now: a re-publish after a relay
         crash carries the same id, which inboxes downstream recognise)."""
         message = _encoded(event, correlation_id, headers)
-        await self.store.stage(self.session, message, _seconds(delay), notify=not self.staged)
+        self._rows.append(self.store.row(message, _seconds(delay)))
         self.staged += 1
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
     async def stage(self, message: Message, due: float | None = None) -> None:
         """Stage an encoded message (what ``ctx.publish`` of a stored service does)."""
         delay = 0.0 if due is None else max(0.0, due - utcnow().replace(tzinfo=UTC).timestamp())
-        await self.store.stage(self.session, message, delay, notify=not self.staged)
+        self._rows.append(self.store.row(message, delay))
         self.staged += 1
+
+    async def flush(self) -> None:
+        """Write the staged rows (the store does, before it commits)."""
+        rows, self._rows = self._rows, []
+        if rows:
+            await self.store.write(self.session, rows)
 
 
 def _encoded(
