@@ -147,11 +147,17 @@ class Relay:
                 await self._wake.wait()
 
     async def _next_due(self) -> float:
-        """Seconds until the next delayed row falls due, at most ``poll_interval``."""
-        poll = self.store.poll_interval
+        """Seconds until the next unsent row can be claimed, at most ``poll_interval``: a
+        delayed row falls due, or the lease of a row another relay holds (or held, and
+        died) runs out. Leased rows count from their lease, else an idle relay would
+        spin, round after empty round, while they wait."""
+        poll, now = self.store.poll_interval, utcnow()
+        claimable_at = sa.case(
+            (OUTBOX.c.lease_until > now, OUTBOX.c.lease_until), else_=OUTBOX.c.due_at
+        )
         async with self.store.sessions() as session:
             due: datetime | None = await session.scalar(
-                sa.select(sa.func.min(OUTBOX.c.due_at)).where(OUTBOX.c.sent_at.is_(None))
+                sa.select(sa.func.min(claimable_at)).where(OUTBOX.c.sent_at.is_(None))
             )
         if due is None:
             return poll
