@@ -251,7 +251,7 @@ class Bus:
             if exchange not in self._declarer.exchanges:
                 await self._declarer.exchange(exchange, FANOUT)
         sent = await asyncio.gather(*map(self._publish, messages), return_exceptions=True)
-        return [result if isinstance(result, BaseException) else None for result in sent]
+        return [_relayed(result) for result in sent]
 
     async def request(
         self,
@@ -405,3 +405,13 @@ class Bus:
                 "the bus is not connected: use `async with connect(...) as bus` "
                 "or `bus = await connect(...)`"
             )
+
+
+def _relayed(result: object) -> BaseException | None:
+    """A relayed row is done unless its publish failed: an event no queue is bound to was
+    confirmed and dropped (``on_unroutable="raise"`` has nobody to raise to here), and
+    retrying it would hold back every row staged after it."""
+    if isinstance(result, Unroutable):
+        log.warning("outbox: %s; the row is marked sent", result)
+        return None
+    return result if isinstance(result, BaseException) else None

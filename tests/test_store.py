@@ -385,7 +385,7 @@ class TestWithoutStore:
         assert dead.message.message_id == order_id
         headers = dead.message.headers
         assert headers["x-choreo-error-type"] == "choreo.errors.ConfigurationError"
-        assert "service 'billing' has no store" in headers["x-choreo-error-message"]
+        assert "handler of 'billing' runs outside a store" in headers["x-choreo-error-message"]
         assert "Service(..., store=choreo.sql.Store(engine))" in headers["x-choreo-error-message"]
         assert seen.items == []
 
@@ -398,7 +398,7 @@ class TestWithoutStore:
             correlation_id=None,
             headers={},
         )
-        with pytest.raises(ConfigurationError, match=r"service 'billing' has no store; give"):
+        with pytest.raises(ConfigurationError, match=r"handler of 'billing' runs outside a store"):
             ctx.session  # noqa: B018
 
 
@@ -614,6 +614,25 @@ class TestRelaying:
         await barrier.cross(bus)
         assert seen.items == staged
         assert relaying.running == ()
+
+    async def test_an_event_nobody_consumes_does_not_hold_back_the_rows_after_it(
+        self, make_store: Stores, make_bus: Buses
+    ) -> None:
+        """on_unroutable="raise": the row of an event no queue is bound to is confirmed and
+        dropped, and marked sent; the rows after it go out once, not again every round."""
+        store = await make_store()
+        seen, barrier = Recorder(), Barrier()
+        bus = await make_bus()
+        await bus.start(downstream(seen, barrier))
+        await make_bus(stores=[store], on_unroutable="raise")
+        async with store.transaction() as tx:
+            await tx.publish(OrderPlaced(order="nobody-listens"))  # no queue bound
+            paid = await tx.publish(PaymentCaptured(order="o-1"))
+        await seen.wait_for(1)
+        await all_sent(store)
+        await barrier.cross(bus)
+        assert [(order, message_id) for order, message_id, _ in seen.items] == [("o-1", paid)]
+        assert (await store.status()).failing == 0
 
     @pytest.mark.postgres
     async def test_three_relays_on_one_outbox_publish_each_row_once(
