@@ -186,7 +186,8 @@ class Context:
         together. Only in a service with a store."""
         if self._staging is None:
             raise ConfigurationError(
-                f"ctx.session: service {self.service!r} has no store; give it one: "
+                f"ctx.session: this handler of {self.service!r} runs outside a store "
+                "transaction; only event handlers of a service with a store have one: "
                 "Service(..., store=choreo.sql.Store(engine))"
             )
         return self._staging.session
