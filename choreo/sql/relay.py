@@ -247,8 +247,8 @@ class Relay:
     # -- housekeeping: the pending gauge, retention ------------------------------------------
 
     async def _housekeep(self) -> None:
-        swept_at = 0.0
         loop = asyncio.get_running_loop()
+        swept_at = loop.time() - RETENTION_EVERY  # the first sweep at once
         while True:
             try:
                 status = await self.store.status()
