@@ -635,6 +635,51 @@ class TestRelaying:
         assert (await store.status()).failing == 0
 
     @pytest.mark.postgres
+    async def test_a_relay_listens_again_after_postgresql_ends_its_listen_connection(
+        self, make_bus: Buses, pg_database: str
+    ) -> None:
+        """The LISTEN connection is terminated by the server: the relay listens again on a
+        new one, and a commit in another process (here another engine) still wakes it at
+        once, long before its 60 s poll."""
+        stores = Stores(pg_database, make_bus)
+        try:
+            relayed, writer = await stores(poll_interval=60.0), await stores(poll_interval=60.0)
+            seen, barrier = Recorder(), Barrier()
+            bus = await make_bus()
+            await bus.start(downstream(seen, barrier))
+            await make_bus(stores=[relayed])
+
+            async def listeners() -> list[int]:
+                async with writer.sessions() as session:
+                    found = await session.scalars(
+                        sa.text(
+                            "SELECT pid FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                        )
+                    )
+                    return list(found)
+
+            async def listening() -> bool:
+                return bool(await listeners())
+
+            await until(listening, WAIT)
+            (old,) = await listeners()
+            async with writer.sessions() as session:
+                await session.execute(sa.text(f"SELECT pg_terminate_backend({old})"))
+
+            async def listening_again() -> bool:
+                return any(pid != old for pid in await listeners())
+
+            await until(listening_again, WAIT)
+            async with writer.transaction() as tx:  # no local wake: another engine's commit
+                paid = await tx.publish(PaymentCaptured(order="o-1"))
+            async with asyncio.timeout(10):  # the NOTIFY, not the 60 s poll
+                await seen.wait_for(1)
+            assert seen.items[0][1] == paid
+        finally:
+            await stores.dispose()
+
+    @pytest.mark.postgres
     async def test_three_relays_on_one_outbox_publish_each_row_once(
         self, make_bus: Buses, pg_database: str
     ) -> None:

@@ -92,6 +92,7 @@ class Relay:
         self._loop = loop
         self._unlisten = store.listen(self._poke)
         self._listening: Any = None  # PostgreSQL: the connection that LISTENs
+        self._lost: Any = None  # one PostgreSQL ended, to discard
         self._task = loop.create_task(self._run(), name=f"choreo relay {store.name}")
         self._housekeeping = loop.create_task(self._housekeep())
 
@@ -121,6 +122,7 @@ class Relay:
             self._wake.clear()
             try:
                 if self.store.postgres and self._listening is None:
+                    await self._unlisten_postgres()  # a lost one, if any
                     await self._listen_postgres()
                 sent, full, error = await self.round()
                 if error is None:
@@ -234,11 +236,18 @@ class Relay:
         self._listening = connection
 
     def _lost_listener(self) -> None:
-        self._listening = None  # listen again on the next round; the poll covers meanwhile
+        """PostgreSQL ended the LISTEN connection: listen again on the next round (the poll
+        covers meanwhile); the dead connection is discarded there."""
+        self._lost, self._listening = self._listening, None
         self._wake.set()
 
     async def _unlisten_postgres(self) -> None:
-        connection, self._listening = self._listening, None
+        for connection in (self._lost, self._listening):
+            await self._discard(connection)
+        self._lost = self._listening = None
+
+    @staticmethod
+    async def _discard(connection: Any) -> None:
         if connection is not None:
             with contextlib.suppress(Exception):  # not back to the pool: it still LISTENs
                 await connection.invalidate()
