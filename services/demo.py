@@ -15,11 +15,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
 
 from choreo import connect
 
 from . import catalog, inventory, wishlist
-from .storage import data_dir
+from .storage import DemoStore, location
 from .warehouse import SAMPLE, feed, read_csv
 
 SERVICES = (inventory, catalog, wishlist)
@@ -63,35 +66,62 @@ def table(title: str, header: tuple[str, ...], rows: list[tuple[object, ...]]) -
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
-def print_state() -> None:
+async def rows(store: DemoStore, query: sa.Select[Any]) -> list[tuple[object, ...]]:
+    async with store.transaction() as tx:
+        return [tuple(row) for row in await tx.session.execute(query)]
+
+
+async def print_state() -> None:
+    for_sale = inventory.for_sale
     table(
         "inventory: available for sale",
         ("sku", "available", "version"),
-        inventory.db()
-        .execute("SELECT sku, available, version FROM availability ORDER BY sku")
-        .fetchall(),
+        await rows(
+            inventory.store,
+            sa.select(for_sale.c.sku, for_sale.c.available, for_sale.c.version).order_by(
+                for_sale.c.sku
+            ),
+        ),
     )
+    products = catalog.products
     table(
         "catalog: products",
         ("sku", "name", "available"),
         [
             (sku, name, "yes" if available else "no")
-            for sku, name, available in catalog.db().execute(
-                "SELECT sku, name, available FROM products ORDER BY sku"
+            for sku, name, available in await rows(
+                catalog.store,
+                sa.select(products.c.sku, products.c.name, products.c.available).order_by(
+                    products.c.sku
+                ),
             )
         ],
     )
+    sent = wishlist.notifications
     table(
         "wishlist: notifications sent",
         ("user", "email", "sku"),
-        wishlist.db()
-        .execute("SELECT user, email, sku FROM notifications ORDER BY sku, user")
-        .fetchall(),
+        await rows(
+            wishlist.store,
+            sa.select(sent.c.user, sent.c.email, sent.c.sku).order_by(sent.c.sku, sent.c.user),
+        ),
     )
 
 
-async def main(broker: str, csv_file: Path) -> None:
+async def main(broker: str, csv_file: Path, fresh: bool = False) -> None:
+    try:
+        await story(broker, csv_file, fresh)
+    finally:
+        for module in SERVICES:
+            await module.store.engine.dispose()
+
+
+async def story(broker: str, csv_file: Path, fresh: bool) -> None:
     reports = read_csv(csv_file)
+    for module in SERVICES:  # one after the other: CREATE DATABASE does not like company
+        if fresh:
+            await module.store.drop()
+        await module.store.prepare()
     trace = Choreography()
     services_log = logging.getLogger("services")
     services_log.addHandler(trace)
@@ -107,8 +137,8 @@ async def main(broker: str, csv_file: Path) -> None:
         await feed(bus, reports)
         await trace.wait_for(expected, timeout=60)
     elapsed = time.perf_counter() - started
-    print(f"\n{trace.handled} events handled in {elapsed:.2f}s; data in {data_dir()}/")
-    print_state()
+    print(f"\n{trace.handled} events handled in {elapsed:.2f}s; data in {location()}")
+    await print_state()
 
 
 def cli() -> None:
@@ -119,13 +149,9 @@ def cli() -> None:
         "--fresh", action="store_true", help="start from empty databases (seeded again)"
     )
     args = parser.parse_args()
-    if args.fresh:
-        for module in SERVICES:
-            for suffix in ("", "-wal", "-shm"):
-                (data_dir() / f"{module.service.name}.db{suffix}").unlink(missing_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(main(args.broker, args.csv))
+        asyncio.run(main(args.broker, args.csv, args.fresh))
     except TimeoutError:
         print("demo: the choreography did not settle within 60 s", file=sys.stderr)
         sys.exit(1)

@@ -1,5 +1,6 @@
-"""The SKU demo: the whole story in-process on memory://, and as separate `choreo run`
-processes on RabbitMQ, including a kill -9 of catalog mid-feed."""
+"""The SKU demo: the whole story in-process on memory:// (on SQLite files and on
+PostgreSQL), and as separate `choreo run` processes on RabbitMQ, including a kill -9 of
+catalog mid-feed; inventory's POST /skus under FastAPI's TestClient."""
 
 from __future__ import annotations
 
@@ -10,30 +11,48 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import sqlalchemy as sa
 
 from choreo import Service, topology
+from choreo.transports import memory
 from services import catalog, inventory, wishlist
 from services.events import SkuReceived
+from services.inventory.http import create_app
 from services.warehouse import SAMPLE, feed, read_csv
 
 from .conftest import Buses
 from .helpers import WAIT, idle
+from .support import postgres
+
+with warnings.catch_warnings():
+    # starlette >= 1.0 warns when its test client runs on httpx rather than httpx2
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parent.parent
+MODULES = (inventory, catalog, wishlist)
+NAMES = ("inventory", "catalog", "wishlist")
 SERVICES: list[Service] = [inventory.service, catalog.service, wishlist.service]
+# subprocesses keep their databases in the test's SQLite files, whatever the shell says
+ENV = {name: value for name, value in os.environ.items() if name != "CHOREO_DEMO_DB"}
 
 EXPECTED_AVAILABLE = {"SKU-1": 5, "SKU-2": 4, "SKU-3": 0, "SKU-4": 3, "SKU-5": 3, "SKU-6": 0}
 EXPECTED_AVAILABLE["SKU-7"] = 6
 EXPECTED_NOTIFIED = {("alice", "SKU-2"), ("bob", "SKU-2"), ("alice", "SKU-4"), ("carol", "SKU-5")}
 
 
-def query(data: Path, service: str, sql: str) -> list[tuple[object, ...]]:
-    """Rows of a service's database, read-only; none before the service created it."""
+def query(data: Path, service: str, sql: str) -> list[Any]:
+    """Rows of a service's SQLite file in ``data``, read-only; none before the service
+    created it."""
     path = data / f"{service}.db"
     if not path.exists():
         return []
@@ -46,122 +65,291 @@ def query(data: Path, service: str, sql: str) -> list[tuple[object, ...]]:
         db.close()
 
 
-def available(data: Path) -> dict[object, object]:
-    return dict(query(data, "inventory", "SELECT sku, available FROM availability"))
+Read = Callable[[str, str], Awaitable[list[Any]]]
+"""``await read(service, sql)``: rows of that service's database; none before it exists."""
 
 
-def catalog_flags(data: Path) -> dict[object, object]:
-    return dict(query(data, "catalog", "SELECT sku, available FROM products"))
+def sqlite_files(data: Path) -> Read:
+    async def read(service: str, sql: str) -> list[Any]:
+        return query(data, service, sql)
+
+    return read
 
 
-def notified(data: Path) -> list[tuple[object, ...]]:
-    return query(data, "wishlist", "SELECT user, sku FROM notifications ORDER BY user, sku")
+async def through_the_stores(service: str, sql: str) -> list[Any]:
+    """Rows read through the service's own engine (PostgreSQL)."""
+    engine = {module.service.name: module for module in MODULES}[service].store.engine
+    try:
+        async with engine.connect() as connection:
+            return [tuple(row) for row in await connection.exec_driver_sql(sql)]
+    except sa.exc.DBAPIError:  # no database or no table yet
+        return []
+
+
+def use_new_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give each service a new store, where CHOREO_DEMO_DB/CHOREO_DEMO_DATA say now."""
+    for module in MODULES:
+        store = module.open_store()
+        monkeypatch.setattr(module, "store", store)  # the responder's and POST /skus's
+        monkeypatch.setattr(module.service, "store", store)  # the handlers'
+
+
+async def drop_databases() -> None:
+    """Drop the databases that new stores of the services would use now."""
+    for module in MODULES:
+        await module.open_store().drop()
 
 
 @pytest.fixture
-def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh data directory; the services' cached connections are reopened there."""
+async def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Path]:
+    """A fresh data directory: each service gets a new store on a SQLite file there.
+    Request it before ``make_bus``: the stores close after the bus."""
     monkeypatch.setenv("CHOREO_DEMO_DATA", str(tmp_path))
-    for module in (inventory, catalog, wishlist):
-        module.db.cache_clear()
+    monkeypatch.delenv("CHOREO_DEMO_DB", raising=False)
+    use_new_stores(monkeypatch)
     yield tmp_path
-    for module in (inventory, catalog, wishlist):
-        if module.db.cache_info().currsize:
-            module.db().close()
-        module.db.cache_clear()
+    for module in MODULES:
+        await module.store.engine.dispose()
 
 
-async def settle(expected_handled: int, data: Path) -> None:
-    """Wait until inventory, catalog and wishlist all saw the last version of every SKU."""
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def server(request: pytest.FixtureRequest) -> str | None:
+    """None: SQLite files; else the test PostgreSQL (its admin URL)."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def databases(
+    server: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Read]:
+    """The services on new stores: SQLite files in a fresh directory, or (CHOREO_DEMO_DB)
+    databases ``choreo_t_<hex>_<service>`` on the test PostgreSQL, dropped afterwards.
+    Request it before ``make_bus``: the stores close after the bus."""
+    monkeypatch.setenv("CHOREO_DEMO_DATA", str(tmp_path))
+    if server is None:
+        monkeypatch.delenv("CHOREO_DEMO_DB", raising=False)
+    else:
+        prefix = f"{postgres.PREFIX}{uuid.uuid4().hex[:12]}"
+        monkeypatch.setenv("CHOREO_DEMO_DB", postgres.database_url(server, prefix))
+    use_new_stores(monkeypatch)
+    try:
+        yield sqlite_files(tmp_path) if server is None else through_the_stores
+    finally:
+        for module in MODULES:
+            if module.store.postgres:
+                await module.store.drop()
+            else:
+                await module.store.engine.dispose()
+
+
+async def available(read: Read) -> dict[str, int]:
+    return dict(await read("inventory", "SELECT sku, available FROM availability"))
+
+
+async def catalog_flags(read: Read) -> dict[str, int]:
+    return dict(await read("catalog", "SELECT sku, available FROM products"))
+
+
+async def notified(read: Read) -> list[Any]:
+    return await read("wishlist", 'SELECT "user", sku FROM notifications ORDER BY "user", sku')
+
+
+async def handled(read: Read) -> int:
+    """Messages the three services handled and committed: the rows of their inboxes."""
+    counted = [await read(name, "SELECT COUNT(*) FROM choreo_inbox") for name in NAMES]
+    return sum(int(rows[0][0]) for rows in counted if rows)
+
+
+async def settle(expected_handled: int, read: Read) -> None:
+    """Wait until the services handled at least ``expected_handled`` messages and
+    inventory, catalog and wishlist all saw the last version of every SKU."""
     async with asyncio.timeout(WAIT):
         while True:
-            versions = dict(query(data, "inventory", "SELECT sku, version FROM versions"))
+            if await handled(read) < expected_handled:
+                await asyncio.sleep(0.05)
+                continue
+            versions = dict(await read("inventory", "SELECT sku, version FROM versions"))
             seen = {
                 sku: v
-                for sku, v in query(data, "catalog", "SELECT sku, version FROM products")
+                for sku, v in await read("catalog", "SELECT sku, version FROM products")
                 if sku in versions
             }
-            state = dict(query(data, "wishlist", "SELECT sku, version FROM sku_state"))
-            recalculated = dict(query(data, "inventory", "SELECT sku, version FROM availability"))
+            state = dict(await read("wishlist", "SELECT sku, version FROM sku_state"))
+            recalculated = dict(await read("inventory", "SELECT sku, version FROM availability"))
             if versions and seen == versions == state == recalculated:
                 return
             await asyncio.sleep(0.05)
 
 
-async def applied_everywhere(sku: str, data: Path) -> None:
+async def applied_everywhere(sku: str, read: Read) -> None:
     """Wait until inventory, catalog and wishlist each handled the ``sku_processed`` of ``sku``."""
     async with asyncio.timeout(WAIT):
         while not (
-            sku in available(data)
-            and sku in catalog_flags(data)
-            and sku in dict(query(data, "wishlist", "SELECT sku, version FROM sku_state"))
+            sku in await available(read)
+            and sku in await catalog_flags(read)
+            and sku in dict(await read("wishlist", "SELECT sku, version FROM sku_state"))
         ):
             await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("transport", ["memory"], indirect=True)
-class TestStoryInMemory:
-    async def test_sample_feed_reaches_every_database(self, make_bus: Buses, data: Path) -> None:
+class TestStory:
+    """The services in one process on memory://, on SQLite and on PostgreSQL."""
+
+    async def test_sample_feed_reaches_every_database(
+        self, databases: Read, make_bus: Buses
+    ) -> None:
         """After the sample, each service's own database holds the expected rows."""
         bus = await make_bus()
         await bus.start(*SERVICES)
         await feed(bus, read_csv(SAMPLE))
-        await settle(36, data)
-        assert available(data) == EXPECTED_AVAILABLE
-        flags = catalog_flags(data)
+        await settle(36, databases)
+        assert await available(databases) == EXPECTED_AVAILABLE
+        flags = await catalog_flags(databases)
         assert flags == {sku: int(n > 0) for sku, n in EXPECTED_AVAILABLE.items()}
-        assert set(notified(data)) == EXPECTED_NOTIFIED
-        assert len(notified(data)) == len(EXPECTED_NOTIFIED)
+        sent = await notified(databases)
+        assert set(sent) == EXPECTED_NOTIFIED
+        assert len(sent) == len(EXPECTED_NOTIFIED)
 
     async def test_feeding_the_same_file_twice_notifies_nobody_twice(
-        self, make_bus: Buses, data: Path
+        self, databases: Read, make_bus: Buses
     ) -> None:
         """Handlers are idempotent: a repeated feed changes no state and sends nothing."""
         bus = await make_bus()
         await bus.start(*SERVICES)
         await feed(bus, read_csv(SAMPLE))
-        await settle(36, data)
-        first = notified(data)
+        await settle(36, databases)
+        first = await notified(databases)
         await feed(bus, read_csv(SAMPLE))
         # A SKU nobody wishes for, fed after the repeat: once every service applied it and
         # no handler is left in flight, the repeat was handled everywhere.
         await feed(bus, [SkuReceived(sku="SENTINEL", quantity=1, warehouse="barrier")])
-        await applied_everywhere("SENTINEL", data)
+        await applied_everywhere("SENTINEL", databases)
         await idle(bus)
-        await settle(72, data)
-        assert notified(data) == first
+        await settle(72, databases)
+        assert await notified(databases) == first
 
     async def test_going_from_zero_to_some_notifies_each_wisher_once(
-        self, make_bus: Buses, data: Path
+        self, databases: Read, make_bus: Buses
     ) -> None:
         """SKU-3 (wished by carol) goes 0 -> 5: exactly one new notification, for carol."""
         bus = await make_bus()
         await bus.start(*SERVICES)
         await feed(bus, read_csv(SAMPLE))
-        await settle(36, data)
+        await settle(36, databases)
         await feed(bus, [SkuReceived(sku="SKU-3", quantity=5, warehouse="south")])
         await feed(bus, [SkuReceived(sku="SKU-3", quantity=6, warehouse="south")])
-        await settle(44, data)
-        assert available(data)["SKU-3"] == 6 + 2 - 2
-        new = set(notified(data)) - EXPECTED_NOTIFIED
-        assert new == {("carol", "SKU-3")}
-        assert len(notified(data)) == len(EXPECTED_NOTIFIED) + 1
+        await settle(44, databases)
+        assert (await available(databases))["SKU-3"] == 6 + 2 - 2
+        sent = await notified(databases)
+        assert set(sent) - EXPECTED_NOTIFIED == {("carol", "SKU-3")}
+        assert len(sent) == len(EXPECTED_NOTIFIED) + 1
 
 
-def test_demo_command_prints_the_trace_and_the_state(tmp_path: Path) -> None:
-    """`python -m services.demo` (what make demo runs) exits 0 and shows the story."""
-    result = subprocess.run(
-        [sys.executable, "-m", "services.demo", "--fresh"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "CHOREO_DEMO_DATA": str(tmp_path)},
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    """A private in-memory broker, forgotten after the test."""
+    name = uuid.uuid4().hex
+    yield f"memory://{name}"
+    memory.forget(name)
+
+
+def wait_until(done: Callable[[], bool]) -> None:
+    """For tests outside the event loop (the TestClient runs the app in a thread)."""
+    deadline = time.monotonic() + WAIT
+    while not done():
+        assert time.monotonic() < deadline, f"not done within {WAIT}s"
+        time.sleep(0.01)
+
+
+def now(data: Path, what: Callable[[Read], Coroutine[Any, Any, Any]]) -> Any:
+    """``what`` of the SQLite files in ``data``, for tests outside the event loop."""
+    return asyncio.run(what(sqlite_files(data)))
+
+
+def outbox(data: Path) -> list[Any]:
+    return query(
+        data, "inventory", "SELECT event, message_id, sent_at IS NOT NULL FROM choreo_outbox"
     )
+
+
+class TestPostSkus:
+    """inventory's POST /skus (services/inventory/http.py) on a private memory:// broker."""
+
+    def test_a_report_over_http_reaches_every_database(self, data: Path, memory_url: str) -> None:
+        """The stock row and sku_processed commit in one transaction; the app's bus relays
+        the event, and inventory, catalog and wishlist (in the app's process) handle it."""
+        with TestClient(create_app(memory_url, services=SERVICES)) as client:
+            report = {"sku": "SKU-3", "warehouse": "south", "quantity": 5}
+            response = client.post("/skus", json=report)
+            assert response.status_code == 202
+            recorded = response.json()
+            assert (recorded["sku"], recorded["changed"]) == ("SKU-3", True)
+            wait_until(lambda: now(data, catalog_flags).get("SKU-3") == 1)
+            wait_until(lambda: now(data, available).get("SKU-3") == 5 - 2)
+            wait_until(lambda: bool(now(data, notified)))
+        stock = query(data, "inventory", "SELECT sku, warehouse, quantity FROM stock")
+        assert stock == [("SKU-3", "south", 5)]
+        assert now(data, notified) == [("carol", "SKU-3")]
+        assert outbox(data) == [("sku_processed", recorded["message_id"], 1)]  # sent
+
+    def test_the_same_number_again_changes_nothing(self, data: Path, memory_url: str) -> None:
+        """A repeated report keeps the version: sku_processed goes out, nobody is notified
+        twice."""
+        report = {"sku": "SKU-5", "warehouse": "north", "quantity": 3}
+        with TestClient(create_app(memory_url, services=SERVICES)) as client:
+            assert client.post("/skus", json=report).json()["changed"] is True
+            wait_until(lambda: len(outbox(data)) == 1 and bool(now(data, notified)))
+            assert client.post("/skus", json=report).json()["changed"] is False
+            wait_until(lambda: [sent for *_, sent in outbox(data)] == [1, 1])
+            wait_until(lambda: now(data, available).get("SKU-5") == 3 - 1)
+        versions = query(data, "inventory", "SELECT sku, version FROM versions")
+        assert versions == [("SKU-5", 1)]
+        assert now(data, notified) == [("carol", "SKU-5")]
+
+    def test_an_invalid_report_is_a_422_and_writes_nothing(
+        self, data: Path, memory_url: str
+    ) -> None:
+        """The body is validated before the transaction: no stock row, nothing staged."""
+        with TestClient(create_app(memory_url)) as client:
+            for bad in (
+                {"sku": "SKU-1", "warehouse": "north", "quantity": -1},
+                {"sku": "", "warehouse": "north", "quantity": 1},
+                {"sku": "SKU-1", "quantity": 1},
+            ):
+                assert client.post("/skus", json=bad).status_code == 422
+        assert query(data, "inventory", "SELECT * FROM stock") == []
+        assert outbox(data) == []
+
+
+def test_demo_command_prints_the_trace_and_the_state(
+    server: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m services.demo` (what make demo runs) exits 0 and shows the story, on
+    SQLite files and on PostgreSQL (CHOREO_DEMO_DB)."""
+    env = {**ENV, "CHOREO_DEMO_DATA": str(tmp_path)}
+    if server is not None:
+        prefix = f"{postgres.PREFIX}{uuid.uuid4().hex[:12]}"
+        env["CHOREO_DEMO_DB"] = postgres.database_url(server, prefix)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "services.demo", "--fresh"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    finally:
+        if server is not None:  # the databases the demo created
+            monkeypatch.setenv("CHOREO_DEMO_DB", env["CHOREO_DEMO_DB"])
+            asyncio.run(drop_databases())
     assert result.returncode == 0, result.stderr
     assert "36 events handled" in result.stdout
     assert "emailed alice@example.com, bob@example.com: back in stock" in result.stdout
     assert "wishlist: notifications sent" in result.stdout
+    where = f"(databases {prefix}_*)" if server is not None else f"data in {tmp_path}/"
+    assert where in result.stdout
     assert result.stderr == ""
 
 
@@ -182,7 +370,7 @@ class Stack:
 
     def __init__(self, url: str, namespace: str, data: Path) -> None:
         self.env = {
-            **os.environ,
+            **ENV,
             "CHOREO_BROKER_URL": url,
             "CHOREO_NAMESPACE": namespace,
             "CHOREO_DEMO_DATA": str(data),
@@ -248,16 +436,17 @@ async def test_story_on_rabbitmq_with_a_process_per_service_and_a_kill_9(
     make_bus.extra_queues |= {queue.name for queue in plan.queues}
     make_bus.extra_exchanges |= {name for name, _ in plan.exchanges}
     stack = Stack(make_bus.url, namespace, tmp_path)
+    read = sqlite_files(tmp_path)
     try:
         for name in ("inventory", "catalog", "wishlist"):
             stack.start(name)
         for name in ("inventory", "catalog", "wishlist"):
             await stack.wait_consuming(name)
         stack.feed(str(SAMPLE))
-        await settle(36, tmp_path)
-        assert available(tmp_path) == EXPECTED_AVAILABLE
-        assert catalog_flags(tmp_path) == {s: int(n > 0) for s, n in EXPECTED_AVAILABLE.items()}
-        assert set(notified(tmp_path)) == EXPECTED_NOTIFIED
+        await settle(36, read)
+        assert await available(read) == EXPECTED_AVAILABLE
+        assert await catalog_flags(read) == {s: int(n > 0) for s, n in EXPECTED_AVAILABLE.items()}
+        assert set(await notified(read)) == EXPECTED_NOTIFIED
 
         # a long feed, and catalog dies in the middle of it
         big = tmp_path / "big.csv"
@@ -266,19 +455,18 @@ async def test_story_on_rabbitmq_with_a_process_per_service_and_a_kill_9(
         big.write_text("\n".join(lines) + "\n")
         feeding = asyncio.ensure_future(asyncio.to_thread(stack.feed, str(big)))
         async with asyncio.timeout(WAIT):
-            while len(catalog_flags(tmp_path)) < 7 + 20:
+            while len(await catalog_flags(read)) < 7 + 20:
                 await asyncio.sleep(0.01)
         stack.processes["catalog"].send_signal(signal.SIGKILL)
         stack.processes["catalog"].wait(timeout=30)
         await feeding
         stack.start("catalog")
-        await settle(0, tmp_path)
-        inventory_now = available(tmp_path)
-        flags = catalog_flags(tmp_path)
+        await settle(0, read)
+        inventory_now = await available(read)
+        flags = await catalog_flags(read)
         assert len(inventory_now) == 7 + 150
         assert {sku: flags.get(sku) for sku in inventory_now} == {
-            sku: int(n > 0)
-            for sku, n in inventory_now.items()  # type: ignore[operator]
+            sku: int(n > 0) for sku, n in inventory_now.items()
         }
     finally:
         codes = stack.stop()
@@ -303,7 +491,7 @@ def test_demo_on_rabbitmq_never_prints_the_password(
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "CHOREO_DEMO_DATA": str(tmp_path), "CHOREO_NAMESPACE": namespace},
+        env={**ENV, "CHOREO_DEMO_DATA": str(tmp_path), "CHOREO_NAMESPACE": namespace},
     )
     assert result.returncode == 0, result.stderr
     assert "36 events handled" in result.stdout
@@ -320,7 +508,7 @@ def test_demo_piped_into_head_finishes_and_fails_no_handler(tmp_path: Path) -> N
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "CHOREO_DEMO_DATA": str(tmp_path)},
+        env={**ENV, "CHOREO_DEMO_DATA": str(tmp_path)},
     )
     assert process.stdout is not None
     for _ in range(5):
