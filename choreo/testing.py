@@ -13,7 +13,9 @@ in-memory broker, and see what they published::
 Each harness has its own ``memory://<uuid>`` broker, forgotten when the block ends, so
 tests never see each other's messages. What a handler publishes is told apart by the
 ``x-choreo-source`` header its context adds; ``h.publish`` (or ``h.bus.publish``) has no
-source (``None``). Services that handle nothing (a feed that only emits) are accepted and
+source (``None``). Events of services with a store are recorded when their outbox relay
+sends them, and ``settle()`` waits until every such outbox is empty. Services that
+handle nothing (a feed that only emits) are accepted and
 not started.
 """
 
@@ -27,13 +29,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import topology
+from . import topology, wire
 from .bus import Bus, connect
 from .dlq import DeadLetter, list_dead_letters
-from .errors import ChoreoError, ConfigurationError
+from .errors import ChoreoError, ConfigurationError, Unroutable
 from .events import Event
 from .service import Service
 from .transports import memory
+from .transports.base import Message
 from .wire import source_of
 
 __all__ = ["Harness", "NotSettled", "Published", "harness"]
@@ -69,22 +72,38 @@ class Harness:
         self.published: list[Published] = []
         self._broker_name = broker_name
         self._dlqs = {topology.dlq_name(bus.namespace, s.name) for s in services}
-        original = bus.publish
+        self._stores = list({id(s.store): s.store for s in services if s.store}.values())
+        self._types = _event_types()
+        transport = bus.transport
+        original = transport.publish
 
-        async def publish(event: Event, **options: Any) -> str:
-            message_id = await original(event, **options)
-            headers: Mapping[str, Any] = options.get("headers") or {}
-            self.published.append(
-                Published(
-                    source_of(headers),
-                    event,
-                    message_id,
-                    options.get("correlation_id"),
-                )
+        async def publish(
+            message: Message, exchange: str, routing_key: str = "", **options: Any
+        ) -> None:
+            """Every event the bus sends (bus.publish, ctx.publish, an outbox relay) is
+            recorded once the broker took it (unroutable included, as bus.publish warns)."""
+            try:
+                await original(message, exchange, routing_key, **options)
+            except Unroutable:
+                self._record(message, exchange)
+                raise
+            self._record(message, exchange)
+
+        transport.publish = publish  # type: ignore[method-assign]
+
+    def _record(self, message: Message, exchange: str) -> None:
+        name = message.type or ""
+        if not name or exchange != topology.exchange_name(self.bus.namespace, name):
+            return  # a request, a reply, a retry or a dead letter: not an event publish
+        event_type = self._types.get(name)
+        if event_type is None:
+            return
+        event = wire.decode(event_type, message, name)
+        self.published.append(
+            Published(
+                source_of(message.headers), event, message.message_id or "", message.correlation_id
             )
-            return message_id
-
-        bus.publish = publish  # type: ignore[method-assign]  # contexts publish through it
+        )
 
     async def publish(
         self,
@@ -130,6 +149,16 @@ class Harness:
                 busy.append(f"queue {queue!r} holds {ready} ready, {unsettled} unsettled")
         return busy
 
+    async def _outboxes(self) -> list[str]:
+        """The stores of the services whose outbox still holds committed rows."""
+        busy = []
+        for store in self._stores:
+            status = getattr(store, "status", None)
+            pending = (await status()).pending if status is not None else 0
+            if pending:
+                busy.append(f"the outbox of {store!r} holds {pending} row(s) not yet sent")
+        return busy
+
     async def settle(self, timeout: float = 5.0, *, quiet_checks: int = 3) -> None:
         """Wait until no handler runs and every queue is empty (dead-letter queues aside),
         seen ``quiet_checks`` times in a row; ``NotSettled`` after ``timeout`` seconds,
@@ -137,7 +166,7 @@ class Harness:
         deadline = time.monotonic() + timeout
         quiet = 0
         while quiet < quiet_checks:
-            busy = self.busy()
+            busy = self.busy() + await self._outboxes()
             quiet = 0 if busy else quiet + 1
             if busy and time.monotonic() >= deadline:
                 raise NotSettled(f"not settled after {timeout}s: {'; '.join(busy)}")
@@ -167,3 +196,17 @@ async def harness(
             yield h
     finally:
         memory.forget(name)
+
+
+def _event_types() -> dict[str, type[Event]]:
+    """Every Event class this process defines, by event name (to read what was sent)."""
+    found: dict[str, type[Event]] = {}
+    pending: list[type[Event]] = [Event]
+    while pending:
+        cls = pending.pop()
+        for sub in cls.__subclasses__():
+            name = getattr(sub, "__event_name__", None)
+            if isinstance(name, str):
+                found.setdefault(name, sub)
+            pending.append(sub)
+    return found

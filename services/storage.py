@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from choreo.sql import Store, Transaction
+from choreo.sql import OutboxStatus, Store, Transaction
 
 log = logging.getLogger("services.storage")
 
@@ -199,6 +199,10 @@ class DemoStore(Store):
         await self.prepare()
         async with super().handling(service, message_id) as tx:
             yield tx
+
+    async def status(self) -> OutboxStatus:
+        await self.prepare()
+        return await super().status()
 
     def relay(self, send: Any, observer: Any) -> Any:
         return _RelayOnceReady(self, lambda: Store.relay(self, send, observer))

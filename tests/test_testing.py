@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +19,26 @@ DEMO = (warehouse.service, inventory.service, catalog.service, wishlist.service)
 
 
 @pytest.fixture
-def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh CHOREO_DEMO_DATA; the demo services' cached databases reopen there."""
+async def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Path]:
+    """A fresh CHOREO_DEMO_DATA: each demo service gets a new store on a SQLite file there."""
     monkeypatch.setenv("CHOREO_DEMO_DATA", str(tmp_path))
+    monkeypatch.delenv("CHOREO_DEMO_DB", raising=False)
     modules = (inventory, catalog, wishlist)
     for module in modules:
-        module.db.cache_clear()
+        store = module.open_store()
+        monkeypatch.setattr(module, "store", store)  # the responder's
+        monkeypatch.setattr(module.service, "store", store)  # the handlers'
     yield tmp_path
     for module in modules:
-        if module.db.cache_info().currsize:
-            module.db().close()
-        module.db.cache_clear()
+        await module.store.engine.dispose()
+
+
+def query(data: Path, service: str, sql: str) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(data / f"{service}.db")
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
 
 
 class Ping(Event):
@@ -49,10 +59,10 @@ class TestOnTheDemo:
                 ("inventory", "sku_processed"),
             ]
             assert await h.dead_letters("catalog") == []
-        products = catalog.db().execute("SELECT sku, available FROM products WHERE sku='SKU-2'")
-        assert products.fetchall() == [("SKU-2", 1)]
-        mails = wishlist.db().execute("SELECT user FROM notifications ORDER BY user")
-        assert mails.fetchall() == [("alice",), ("bob",)]
+        products = query(data, "catalog", "SELECT sku, available FROM products WHERE sku='SKU-2'")
+        assert products == [("SKU-2", 1)]
+        mails = query(data, "wishlist", "SELECT user FROM notifications ORDER BY user")
+        assert mails == [("alice",), ("bob",)]
 
     async def test_follow_ups_share_the_correlation_id(self, data: Path) -> None:
         """What inventory publishes carries the id of the report that caused it."""
