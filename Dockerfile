@@ -4,7 +4,7 @@ WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 CHOREO_DEMO_DATA=/data
 COPY pyproject.toml README.md ./
 COPY choreo ./choreo
-RUN pip install ".[metrics,fast]"
+RUN pip install ".[metrics,fast,sql]"
 COPY services ./services
 VOLUME /data
 CMD ["choreo", "--help"]
