@@ -22,29 +22,20 @@ from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from pydantic import ValidationError
-
 from . import config, topology, wire
 from ._runtime.declare import Declarer
 from ._runtime.relays import Relays
+from ._runtime.requests import send_request
 from ._runtime.running import Running
 from ._runtime.signals import run_until_signalled
 from ._runtime.worker import Setup
-from .errors import (
-    ChoreoError,
-    ConfigurationError,
-    InvalidReply,
-    NoResponder,
-    RemoteError,
-    RequestTimeout,
-    Unroutable,
-)
-from .events import Event, event_name_of
+from .errors import ChoreoError, ConfigurationError, Unroutable
+from .events import Event
 from .observability import tracing
 from .service import Service
 from .settings import DEFAULT_REQUEST_TIMEOUT, BusOptions, Settings, settings_from
 from .transports import transport_for
-from .transports.base import DIRECT, FANOUT, Message, Transport
+from .transports.base import FANOUT, Message, Transport
 
 __all__ = ["Bus", "connect"]
 
@@ -270,38 +261,16 @@ class Bus:
         raised, and ``InvalidReply`` when the reply is not a valid ``reply_type``.
         """
         self._check_connected()
-        reply_name = event_name_of(reply_type)
-        if timeout <= 0:
-            raise ConfigurationError(f"request timeout must be positive, got {timeout}")
-        message = wire.encode(
-            request, correlation_id=correlation_id, causation_id=causation_id, headers=headers
+        return await send_request(
+            self._declarer,
+            self.namespace,
+            request,
+            reply_type,
+            timeout=timeout,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            headers=headers,
         )
-        name = message.type or ""
-        if tracing.ENABLED:
-            tracing.inject(message.headers)
-        exchange = topology.requests_exchange_name(self.namespace)
-        if exchange not in self._declarer.exchanges:
-            await self._declarer.exchange(exchange, DIRECT)
-        try:
-            reply = await self.transport.request(message, exchange, name, timeout)
-        except NoResponder:
-            where = f" in namespace {self.namespace!r}" if self.namespace else ""
-            raise NoResponder(f"no service responds to {name!r}{where}") from None
-        except RequestTimeout:
-            raise RequestTimeout(f"request {name!r} got no reply within {timeout}s") from None
-        failure = wire.read_error_reply(reply)
-        if failure is not None:
-            raise RemoteError(*failure)
-        if reply.type is not None and reply.type != reply_name:
-            raise InvalidReply(
-                f"request {name!r} expected a {reply_name!r} reply, got {reply.type!r}"
-            )
-        try:
-            return reply_type.model_validate_json(reply.body)
-        except ValidationError as exc:
-            raise InvalidReply(
-                f"reply to {name!r} is not a valid {reply_type.__name__}: {exc}"
-            ) from None
 
     # -- consuming ---------------------------------------------------------------------
 
