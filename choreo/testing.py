@@ -17,6 +17,12 @@ source (``None``). Events of services with a store are recorded when their outbo
 sends them, and ``settle()`` waits until every such outbox is empty. Services that
 handle nothing (a feed that only emits) are accepted and
 not started.
+
+Time, for timeouts: ``h.advance(timedelta(minutes=15))`` moves choreo's clock (what the
+stores take for now) forward and wakes the outbox relays, so delayed rows and saga
+timeouts fall due at once; ``settle()`` then waits for them (rows not due yet do not hold
+it up). The clock is set back when the harness ends. A saga's instances are read with
+``await saga.instance(key)``.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from . import topology, wire
 from .bus import Bus, connect
+from .clock import CLOCK
 from .dlq import DeadLetter, list_dead_letters
 from .errors import ChoreoError, ConfigurationError, Unroutable
 from .events import Event
@@ -73,7 +81,7 @@ class Harness:
         self._broker_name = broker_name
         self._dlqs = {topology.dlq_name(bus.namespace, s.name) for s in services}
         self._stores = list({id(s.store): s.store for s in services if s.store}.values())
-        self._types = _event_types()
+        self._types = _event_types(services)
         transport = bus.transport
         original = transport.publish
 
@@ -95,10 +103,14 @@ class Harness:
         name = message.type or ""
         if not name or exchange != topology.exchange_name(self.bus.namespace, name):
             return  # a request, a reply, a retry or a dead letter: not an event publish
-        event_type = self._types.get(name)
-        if event_type is None:
+        for event_type in self._types.get(name, ()):
+            try:
+                event = wire.decode(event_type, message, name)
+                break
+            except wire.Undecodable:  # another class of that name (a test module's own)
+                continue
+        else:
             return
-        event = wire.decode(event_type, message, name)
         self.published.append(
             Published(
                 source_of(message.headers), event, message.message_id or "", message.correlation_id
@@ -150,14 +162,23 @@ class Harness:
         return busy
 
     async def _outboxes(self) -> list[str]:
-        """The stores of the services whose outbox still holds committed rows."""
+        """The stores of the services whose outbox still holds committed rows that are due
+        (rows delayed beyond the clock's now wait for ``advance``)."""
         busy = []
         for store in self._stores:
             status = getattr(store, "status", None)
-            pending = (await status()).pending if status is not None else 0
+            found = await status() if status is not None else None
+            pending = found.pending - getattr(found, "scheduled", 0) if found else 0
             if pending:
                 busy.append(f"the outbox of {store!r} holds {pending} row(s) not yet sent")
         return busy
+
+    def advance(self, by: timedelta | float) -> None:
+        """Move choreo's clock forward by ``by`` (a ``timedelta`` or seconds), without
+        sleeping: outbox rows due by then (saga timeouts, ``ctx.publish(delay=...)`` in a
+        stored service) are published by the relays, woken now; ``settle()`` waits for
+        them. The clock is set back when the harness ends."""
+        CLOCK.advance(by)
 
     async def settle(self, timeout: float = 5.0, *, quiet_checks: int = 3) -> None:
         """Wait until no handler runs and every queue is empty (dead-letter queues aside),
@@ -196,17 +217,29 @@ async def harness(
             yield h
     finally:
         memory.forget(name)
+        CLOCK.reset()
 
 
-def _event_types() -> dict[str, type[Event]]:
-    """Every Event class this process defines, by event name (to read what was sent)."""
-    found: dict[str, type[Event]] = {}
+def _event_types(services: tuple[Service, ...]) -> dict[str, list[type[Event]]]:
+    """The Event classes that may have been sent under each event name: those the services
+    handle or declare first, then every other class of that name the process defines
+    (test modules often define their own ``OrderPlaced``)."""
+    found: dict[str, list[type[Event]]] = {}
+
+    def add(cls: type[Event]) -> None:
+        name = getattr(cls, "__event_name__", None)
+        if isinstance(name, str) and cls not in found.setdefault(name, []):
+            found[name].append(cls)
+
+    for service in services:
+        for handler in (*service.handlers.values(), *service.responders.values()):
+            for cls in (handler.event_type, *handler.emits, *handler.requests):
+                add(cls)
+        for cls in (*service.emits, *service.requests):
+            add(cls)
     pending: list[type[Event]] = [Event]
     while pending:
-        cls = pending.pop()
-        for sub in cls.__subclasses__():
-            name = getattr(sub, "__event_name__", None)
-            if isinstance(name, str):
-                found.setdefault(name, sub)
+        for sub in pending.pop().__subclasses__():
+            add(sub)
             pending.append(sub)
     return found
