@@ -1,7 +1,8 @@
 """The one small interface every transport implements.
 
 A transport knows nothing of events, services or handlers. It declares durable exchanges
-(fanout for events, direct for requests) and durable queues (and unbinds them), publishes
+(fanout for events, direct for requests, topic for the delay levels), binds exchanges to
+exchanges, declares durable queues (and unbinds them), publishes
 a :class:`Message` and returns once the broker has confirmed it, hands each incoming
 :class:`Delivery` to a callback, and sends a request and waits for the reply that names
 it. Everything else (encoding, dispatch, retries, dead letters) lives above it and is
@@ -19,6 +20,7 @@ from typing import Any
 __all__ = [
     "DIRECT",
     "FANOUT",
+    "TOPIC",
     "Consumer",
     "Delivery",
     "Message",
@@ -30,6 +32,7 @@ __all__ = [
 
 FANOUT = "fanout"
 DIRECT = "direct"
+TOPIC = "topic"  # routing keys of dot-separated words; bindings match them with * and #
 
 
 @dataclass(slots=True)
@@ -116,12 +119,20 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def declare_exchange(self, name: str, kind: str = FANOUT) -> None:
-        """Declare a durable exchange, ``FANOUT`` or ``DIRECT`` (idempotent)."""
+        """Declare a durable exchange, ``FANOUT``, ``DIRECT`` or ``TOPIC`` (idempotent)."""
 
     @abc.abstractmethod
     async def exchange_exists(self, name: str) -> bool:
         """Whether the exchange ``name`` exists on the broker (AMQP passive declare): it
         declares nothing. The default exchange ``""`` always exists."""
+
+    @abc.abstractmethod
+    async def bind_exchange(self, destination: str, source: str, routing_key: str = "") -> None:
+        """Bind exchange ``destination`` to exchange ``source`` (AMQP ``exchange.bind``):
+        what ``source`` routes with ``routing_key`` goes on through ``destination``, and a
+        queue reached by several paths gets one copy. Durable, idempotent;
+        ``ConfigurationError`` when either exchange does not exist. A delivery names the
+        exchange the message was published (or dead-lettered) to, not the last one."""
 
     @abc.abstractmethod
     async def declare_queue(self, spec: QueueSpec) -> None:

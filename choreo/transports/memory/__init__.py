@@ -3,7 +3,9 @@
 Brokers live for the whole process, one per name, so a queue keeps its messages while no
 service consumes it, exactly like a durable queue on RabbitMQ. A fanout exchange copies a
 message into every bound queue, a direct exchange into the queues bound with its routing
-key; a message no queue takes is dropped, or refused when it is mandatory. A consumer
+key, a topic exchange into those whose binding key matches it (``*`` one word, ``#`` any
+number); exchanges bound to exchanges route on, each queue getting one copy. A message no
+queue takes is dropped, or refused when it is mandatory. A consumer
 gets at most ``prefetch`` unsettled messages; when it is closed, its unsettled messages go
 back to the head of the queue, flagged as redelivered. A message whose expiration has
 passed is dropped instead of delivered. Replies go to a per-connection reply address, as
@@ -112,6 +114,9 @@ class MemoryTransport(Transport):
 
     async def exchange_exists(self, name: str) -> bool:
         return name == "" or name in self.broker.exchanges
+
+    async def bind_exchange(self, destination: str, source: str, routing_key: str = "") -> None:
+        self.broker.bind_exchange(destination, source, routing_key)
 
     async def declare_queue(self, spec: QueueSpec) -> None:
         self.broker.declare_queue(spec)

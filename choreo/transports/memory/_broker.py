@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import time
 from collections import deque
@@ -111,6 +112,8 @@ class Queue:
             message, headers={**message.headers, "x-death": deaths}, expiration=None
         )
         routing_key = item.routing_key if key is None else key
+        if exchange and exchange not in self.broker.exchanges:
+            return  # RabbitMQ drops what it would dead-letter to a missing exchange
         self.broker.publish(copy, exchange, routing_key, False)
 
     def give_back(self, item: Item) -> None:
@@ -138,10 +141,40 @@ class Queue:
             ready[next(self._turn) % len(ready)].deliver(item)
 
 
+@functools.lru_cache(maxsize=4096)
+def _words(key: str) -> tuple[str, ...]:
+    return tuple(key.split(".")) if key else ()
+
+
+def topic_matches(binding_key: str, routing_key: str) -> bool:
+    """Whether a topic binding key matches ``routing_key``, as RabbitMQ's topic exchange
+    decides: words split on ``.``, ``*`` stands for exactly one word, ``#`` for any number
+    (zero included)."""
+    pattern, words = _words(binding_key), _words(routing_key)
+    reach = [True] + [False] * len(words)  # reach[j]: the pattern so far matches words[:j]
+    for token in pattern:
+        if token == "#":
+            for j in range(1, len(reach)):
+                reach[j] = reach[j] or reach[j - 1]
+        else:
+            for j in range(len(words), 0, -1):
+                reach[j] = reach[j - 1] and token in ("*", words[j - 1])
+            reach[0] = False
+    return reach[-1]
+
+
 @dataclasses.dataclass(slots=True)
 class _Exchange:
     kind: str
     bindings: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (queue, key)
+    exchanges: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (exchange, key)
+
+    def routes(self, binding_key: str, routing_key: str) -> bool:
+        if self.kind == FANOUT:
+            return True
+        if self.kind == DIRECT:
+            return binding_key == routing_key
+        return topic_matches(binding_key, routing_key)
 
 
 class MemoryBroker:
@@ -174,6 +207,12 @@ class MemoryBroker:
                 raise ConfigurationError(f"cannot bind {spec.name!r}: no exchange {exchange!r}")
             self.exchanges[exchange].bindings.add((spec.name, key))
 
+    def bind_exchange(self, destination: str, source: str, routing_key: str) -> None:
+        for name in (destination, source):
+            if name not in self.exchanges:
+                raise ConfigurationError(f"cannot bind exchange {destination!r}: no {name!r}")
+        self.exchanges[source].exchanges.add((destination, routing_key))
+
     def unbind(self, queue: str, exchange: str, routing_key: str) -> None:
         """Remove one binding; as on RabbitMQ, nothing happens when there is none."""
         found = self.exchanges.get(exchange)
@@ -198,12 +237,7 @@ class MemoryBroker:
                 return
             targets = [routing_key] if routing_key in self.queues else []
         elif exchange in self.exchanges:
-            found = self.exchanges[exchange]
-            targets = sorted(
-                queue
-                for queue, key in found.bindings
-                if found.kind == FANOUT or (found.kind == DIRECT and key == routing_key)
-            )
+            targets = self.route(exchange, routing_key)
         else:
             raise PublishError(f"no exchange {exchange!r} on the in-memory broker")
         if not targets and mandatory:
@@ -212,6 +246,23 @@ class MemoryBroker:
         for name in targets:
             copy = dataclasses.replace(message, headers=dict(message.headers))
             self.queues[name].put(Item(copy, exchange, routing_key, deadline=deadline))
+
+    def route(self, exchange: str, routing_key: str) -> list[str]:
+        """The queues ``exchange`` routes ``routing_key`` to, through exchange-to-exchange
+        bindings too: as on RabbitMQ, each exchange is visited once and each queue gets
+        one copy, however many paths lead to it."""
+        queues: set[str] = set()
+        seen, pending = {exchange}, [exchange]
+        while pending:
+            found = self.exchanges.get(pending.pop())
+            if found is None:
+                continue
+            queues.update(q for q, key in found.bindings if found.routes(key, routing_key))
+            for destination, key in found.exchanges:
+                if destination not in seen and found.routes(key, routing_key):
+                    seen.add(destination)
+                    pending.append(destination)
+        return sorted(queues)
 
     def delete_queue(self, name: str) -> None:
         """Drop the queue, its messages and bindings; its consumers are told, as RabbitMQ

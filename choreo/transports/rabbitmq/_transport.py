@@ -6,8 +6,7 @@ back. Each consumer gets a channel of its own, with its own prefetch. Requests g
 channel of their own that also consumes RabbitMQ's direct reply-to pseudo-queue
 (``amq.rabbitmq.reply-to``), as direct reply-to requires; replies are matched to pending
 requests by correlation id. aio-pika's robust connection reconnects, re-declares what was
-declared through it, and restores consumers. Errors of aio-pika and aiormq are translated
-here into choreo's own errors.
+declared through it, and restores consumers. aio-pika and aiormq errors become choreo's own.
 """
 
 from __future__ import annotations
@@ -189,6 +188,11 @@ class RabbitMQTransport(Transport):
             channel = await self._declaring()
             with translated(f"binding of queue {spec.name!r} to {exchange!r}"):
                 await queue.bind(exchange, routing_key=key)
+
+    async def bind_exchange(self, destination: str, source: str, routing_key: str = "") -> None:
+        with translated(f"binding of exchange {destination!r} to {source!r}"):
+            underlay = await (await self._declaring()).get_underlay_channel()
+            await underlay.exchange_bind(destination, source, routing_key)
 
     async def unbind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
         channel = await self._declaring()
