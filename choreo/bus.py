@@ -24,11 +24,13 @@ from typing import Any, TypeVar, Unpack
 
 from . import config, topology, wire
 from ._runtime.declare import Declarer
+from ._runtime.delays import DelayLevels
 from ._runtime.relays import Relays
 from ._runtime.requests import send_request
 from ._runtime.running import Running
 from ._runtime.signals import run_until_signalled
 from ._runtime.worker import Setup
+from .delay import Delay, broker_seconds
 from .errors import ChoreoError, ConfigurationError, Unroutable
 from .events import Event
 from .observability import tracing
@@ -116,6 +118,7 @@ class Bus:
             delivery_limit=self.settings.delivery_limit,
         )
         self._relays = Relays(self._send, self._observer)
+        self._delays = DelayLevels(self._declarer, namespace, self._observer)
         self._connected = False
         self._abort: asyncio.Event | None = None
 
@@ -156,6 +159,7 @@ class Bus:
         finally:
             self._connected = False
             self._declarer.reset()
+            self._delays.reset()
             await self.transport.close()
 
     async def __aenter__(self) -> Bus:
@@ -181,15 +185,21 @@ class Bus:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        delay: Delay = None,
     ) -> str:
         """Publish ``event`` to its exchange; return its message id once the broker confirmed.
 
         Safe to call concurrently: publishes are pipelined on one confirm channel.
+        ``delay`` (seconds or a ``timedelta``): delivered no earlier than that, through the
+        broker's delay levels, in whole seconds rounded up, at most ``delay.MAX_DELAY``
+        (about 24 days; more is a ``ConfigurationError``); see ``choreo/delay.py``.
         """
         self._check_connected()
         message = wire.encode(
             event, correlation_id=correlation_id, causation_id=causation_id, headers=headers
         )
+        if delay:
+            return await self._delays.publish(message, broker_seconds(delay))
         return await self._publish(message)
 
     async def publish_json(

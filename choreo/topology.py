@@ -17,6 +17,10 @@
 * requests: one durable direct exchange ``choreo.requests`` (``<namespace>.choreo.requests``);
   a responding service's queue ``<service queue>.requests`` is bound to it with the name of
   each request it answers as routing key
+* delayed publishing: per namespace, the delay levels ``choreo.delay.<kk>`` (a topic
+  exchange and a classic queue each) and the delivery exchange ``choreo.delay.deliver``,
+  bound to each destination exchange; the routing key of a delayed message is its delay
+  in binary and its destination (``delay_plan``, ``delay_routing_key``; ``delay.py``)
 """
 
 from __future__ import annotations
@@ -25,14 +29,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .delay import LEVELS
 from .retry import DEFAULT_RETRY, Retry
 from .service import Service
-from .transports.base import DIRECT, FANOUT, QueueSpec
+from .transports.base import DIRECT, FANOUT, TOPIC, QueueSpec
 
 __all__ = [
     "DEFAULT_DELIVERY_LIMIT",
+    "DELAY_EXCHANGE",
     "REQUESTS_EXCHANGE",
     "Topology",
+    "delay_delivery_key",
+    "delay_delivery_name",
+    "delay_level_name",
+    "delay_plan",
+    "delay_routing_key",
     "dlq_name",
     "exchange_name",
     "plan",
@@ -47,6 +58,7 @@ __all__ = [
 QUEUE_TYPES = ("classic", "quorum")
 
 REQUESTS_EXCHANGE = "choreo.requests"
+DELAY_EXCHANGE = "choreo.delay"  # the delay levels ".<kk>" and the delivery exchange ".deliver"
 DEFAULT_DELIVERY_LIMIT = 5  # deliveries of one message before it counts as killing workers
 
 
@@ -131,8 +143,9 @@ def retry_queue(service_queue: str, delay_ms: int, queue_type: str = "classic") 
 class Topology:
     """Everything the given services need declared on the broker."""
 
-    exchanges: tuple[tuple[str, str], ...]  # (name, FANOUT or DIRECT)
+    exchanges: tuple[tuple[str, str], ...]  # (name, FANOUT, DIRECT or TOPIC)
     queues: tuple[QueueSpec, ...]
+    exchange_bindings: tuple[tuple[str, str, str], ...] = ()  # (destination, source, key)
 
 
 def plan(
@@ -170,3 +183,52 @@ def plan(
             queues.append(service_queue(name, dlq, bindings=keys, **options))
         queues.append(QueueSpec(dlq, arguments=_type_arguments(kind)))
     return Topology(tuple(exchanges.items()), tuple(queues))
+
+
+# -- delayed publishing (see delay.py) ------------------------------------------------------
+
+
+def delay_level_name(namespace: str, level: int) -> str:
+    """The exchange, and the queue, of delay level ``level`` (it waits ``2**level`` s)."""
+    return f"{_qualify(namespace, DELAY_EXCHANGE)}.{level:02d}"
+
+
+def delay_delivery_name(namespace: str) -> str:
+    """The exchange the last delay level hands messages to, bound to their destinations."""
+    return f"{_qualify(namespace, DELAY_EXCHANGE)}.deliver"
+
+
+def delay_routing_key(seconds: int, destination: str) -> str:
+    """The routing key of a message delayed ``seconds`` (0 < seconds < 2**LEVELS) on its
+    way to the exchange ``destination``: one word per level, highest first, ``1`` where
+    it waits, then the destination's name."""
+    return ".".join(format(seconds, f"0{LEVELS}b")) + "." + destination
+
+
+def delay_delivery_key(destination: str) -> str:
+    """The binding of ``destination`` to the delivery exchange: any delay, exactly that
+    destination (``*`` is one word, so another exchange ending in the same words is not
+    matched)."""
+    return "*." * LEVELS + destination
+
+
+def delay_plan(namespace: str) -> Topology:
+    """The delay levels of ``namespace``: their exchanges, their queues (level ``k`` holds
+    a message ``2**k`` s, then dead-letters it to level ``k-1``, level 0 to the delivery
+    exchange), and the exchange-to-exchange bindings that skip a level whose bit is 0."""
+    deliver = delay_delivery_name(namespace)
+    exchanges = [(deliver, TOPIC)]
+    queues, bindings = [], []
+    for level in range(LEVELS - 1, -1, -1):
+        name = delay_level_name(namespace, level)
+        below = delay_level_name(namespace, level - 1) if level else deliver
+        higher = "*." * (LEVELS - 1 - level)  # the words of the levels above
+        exchanges.append((name, TOPIC))
+        arguments = (
+            ("x-queue-type", "classic"),
+            ("x-message-ttl", 1000 << level),
+            ("x-dead-letter-exchange", below),
+        )
+        queues.append(QueueSpec(name, ((name, f"{higher}1.#"),), arguments))
+        bindings.append((below, name, f"{higher}0.#"))
+    return Topology(tuple(exchanges), tuple(queues), tuple(bindings))

@@ -17,6 +17,7 @@ message of a chain gets its own ``message_id``; follow-ups carry it on), and hea
   when its worker died
 * ``x-choreo-handed-back``: how many times processes of the service with no handler for the
   message gave it back to the queue; ``x-choreo-exchange``: the exchange it came through
+  (on a delayed message: its destination, which the delay levels deliver it to)
 * dead letters add ``x-choreo-error-type``, ``-error-message``, ``-traceback``,
   ``-attempts``, ``-service`` and ``-failed-at`` (ISO 8601, UTC)
 
@@ -64,7 +65,7 @@ ATTEMPT_HEADER = "x-choreo-attempt"
 EVENT_HEADER = "x-choreo-event"
 CRASHES_HEADER = "x-choreo-crashes"
 HANDED_BACK_HEADER = "x-choreo-handed-back"  # times processes without its handler gave it back
-EXCHANGE_HEADER = "x-choreo-exchange"  # on a handed-back copy: the exchange it came through
+EXCHANGE_HEADER = "x-choreo-exchange"  # a handed-back copy's exchange, a delayed message's
 DEATH_HEADER = "x-death"  # RabbitMQ's: why the broker dead-lettered a message
 ERROR_TYPE_HEADER = "x-choreo-error-type"
 ERROR_MESSAGE_HEADER = "x-choreo-error-message"
@@ -306,8 +307,11 @@ def handed_back(message: Message, exchange: str) -> Message:
 
 
 def routed_through(message: Message, exchange: str) -> str:
-    """The exchange ``message`` came through, before any hand-back (``""``: none)."""
-    return exchange or str(message.headers.get(EXCHANGE_HEADER, ""))
+    """The exchange ``message`` is for: its ``x-choreo-exchange`` (a handed-back copy: the
+    one it first came through; a delayed message: its destination), else ``exchange``, the
+    one it came through (``""``: none)."""
+    named = message.headers.get(EXCHANGE_HEADER)
+    return named if isinstance(named, str) and named else exchange
 
 
 def with_crashes(message: Message, crashes: int) -> Message:

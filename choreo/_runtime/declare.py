@@ -1,5 +1,6 @@
 """The one owner of a bus's declarations: exchanges (each declared once, even when many
-publishes need it at the same time) and queues, remembered for cleanup and inspection."""
+publishes need it at the same time), queues and exchange-to-exchange bindings, remembered
+for cleanup and inspection."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Declarer:
         self.exchanges: set[str] = set()
         self.queues: set[str] = set()
         self._exchanges_ready: dict[str, asyncio.Future[None]] = {}
+        self._bound: set[tuple[str, str, str]] = set()  # (destination, source, routing key)
 
     async def exchange(self, name: str, kind: str) -> None:
         """Declare ``exchange`` once, even when many publishes need it at the same time."""
@@ -39,6 +41,14 @@ class Declarer:
         await self.transport.declare_queue(spec)
         self.queues.add(spec.name)
 
+    async def bind_exchange(self, destination: str, source: str, routing_key: str) -> None:
+        """Bind exchange ``destination`` to exchange ``source``, once per connection."""
+        binding = (destination, source, routing_key)
+        if binding not in self._bound:
+            await self.transport.bind_exchange(destination, source, routing_key)
+            self._bound.add(binding)
+
     def reset(self) -> None:
         """The connection closed: declare again before the next use."""
         self._exchanges_ready.clear()
+        self._bound.clear()

@@ -1,0 +1,81 @@
+"""Delayed publishing through the broker: a bus's delay levels (``choreo/delay.py`` says
+how they cascade), declared on its first delayed publish, and the publish into them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .. import topology, wire
+from ..errors import Unroutable
+from ..observability import tracing
+from ..observability.observer import Observer
+from ..transports.base import FANOUT, Message
+from .declare import Declarer
+
+__all__ = ["DelayLevels"]
+
+
+class DelayLevels:
+    """The delay levels of one bus's namespace."""
+
+    def __init__(self, declarer: Declarer, namespace: str, observer: Observer) -> None:
+        self._declarer = declarer
+        self._namespace = namespace
+        self._observer = observer
+        self._deliver = topology.delay_delivery_name(namespace)
+        self._ready: asyncio.Future[None] | None = None
+
+    async def publish(self, message: Message, seconds: int) -> str:
+        """Publish ``message`` (an encoded event) so that it reaches its exchange in
+        ``seconds`` (1 to ``delay.MAX_DELAY``); return its message id once confirmed."""
+        name = message.type or ""
+        if tracing.ENABLED:
+            tracing.inject(message.headers)
+        declarer = self._declarer
+        exchange = topology.exchange_name(self._namespace, name)
+        if exchange not in declarer.exchanges:
+            await declarer.exchange(exchange, FANOUT)
+        await self.declare()
+        await declarer.bind_exchange(exchange, self._deliver, topology.delay_delivery_key(exchange))
+        message.headers[wire.EXCHANGE_HEADER] = exchange
+        first = topology.delay_level_name(self._namespace, seconds.bit_length() - 1)
+        key = topology.delay_routing_key(seconds, exchange)
+        started = time.perf_counter()
+        try:
+            await declarer.transport.publish(message, first, key, mandatory=True)
+        except Unroutable:
+            self.reset()  # its queue was deleted under this bus: declare again next time
+            raise Unroutable(
+                f"delay level {first!r} routes to no queue (deleted?): {name!r} was not sent"
+            ) from None
+        self._observer.published(name, time.perf_counter() - started)
+        return message.message_id  # type: ignore[return-value]  # wire always sets it
+
+    async def declare(self) -> None:
+        """Declare the levels unless this connection did; concurrent callers share one
+        declaration, and a failed one is tried again by the next caller."""
+        ready = self._ready
+        if ready is None or (ready.done() and (ready.cancelled() or ready.exception())):
+            ready = self._ready = asyncio.ensure_future(self._declare())
+        elif ready.done():
+            return
+        try:
+            await asyncio.shield(ready)
+        except BaseException:
+            if ready.done() and self._ready is ready:
+                self._ready = None
+            raise
+
+    async def _declare(self) -> None:
+        plan = topology.delay_plan(self._namespace)
+        for name, kind in plan.exchanges:
+            await self._declarer.exchange(name, kind)
+        for queue in plan.queues:
+            await self._declarer.queue(queue)
+        for destination, source, key in plan.exchange_bindings:
+            await self._declarer.bind_exchange(destination, source, key)
+
+    def reset(self) -> None:
+        """Declare the levels again on the next delayed publish (a new connection)."""
+        self._ready = None
