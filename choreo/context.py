@@ -12,11 +12,13 @@ A context publishes through a :class:`Publisher` (the bus is one); it never hold
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from . import wire
+from .delay import Delay, seconds_of
 from .errors import ConfigurationError
 from .events import Event
 from .observability import tracing
@@ -39,6 +41,7 @@ class Publisher(Protocol):
         correlation_id: str | None = ...,
         causation_id: str | None = ...,
         headers: Mapping[str, Any] | None = ...,
+        delay: Delay = ...,
     ) -> str: ...
 
     async def request(
@@ -155,10 +158,15 @@ class Context:
         *,
         correlation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        delay: Delay = None,
     ) -> str:
         """Publish ``event`` as a consequence of the message being handled. In a service
         with a store it is staged in the outbox, in the handler's transaction, and sent by
-        the relay once that commits (nothing is sent if the handler fails)."""
+        the relay once that commits (nothing is sent if the handler fails).
+
+        ``delay`` (seconds or a ``timedelta``): delivered no earlier than that; with a
+        store the outbox row is due then, else it waits in the broker's delay levels
+        (whole seconds, at most about 24 days; see ``choreo/delay.py``)."""
         self._check_declared("emits", event)
         correlation = correlation_id or self.correlation_id or self.message_id
         if self._staging is None:
@@ -167,6 +175,7 @@ class Context:
                 correlation_id=correlation,
                 causation_id=self.message_id,
                 headers=self._headers(headers),
+                delay=delay,
             )
         message = wire.encode(
             event,
@@ -176,7 +185,7 @@ class Context:
         )
         if tracing.ENABLED:
             tracing.inject(message.headers)
-        await self._staging.stage(message)
+        await self._staging.stage(message, time.time() + seconds_of(delay) if delay else None)
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
     @property
