@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .. import wire
+from ..clock import CLOCK
 from ..errors import ConfigurationError
 from ..events import Event
 from ..observability import tracing
@@ -177,9 +179,16 @@ class Store:
             wake()
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
-        """Call ``wake`` after each local commit that staged; returns the undo."""
+        """Call ``wake`` after each local commit that staged, and when a test advances
+        choreo's clock (rows may have fallen due); returns the undo."""
         self._listeners.add(wake)
-        return lambda: self._listeners.discard(wake)
+        unclock = CLOCK.on_advance(wake)
+
+        def undo() -> None:
+            self._listeners.discard(wake)
+            unclock()
+
+        return undo
 
     # -- the relay and its status ------------------------------------------------------------
 
@@ -189,12 +198,14 @@ class Store:
     async def status(self) -> OutboxStatus:
         pending = OUTBOX.c.sent_at.is_(None)
         async with self.sessions() as session:
-            count, oldest, failing = (
+            later = sa.case((OUTBOX.c.due_at > utcnow(), 1))
+            count, oldest, failing, scheduled = (
                 await session.execute(
                     sa.select(
                         sa.func.count(),
                         sa.func.min(OUTBOX.c.created_at),
                         sa.func.count(OUTBOX.c.last_error),
+                        sa.func.count(later),
                     ).where(pending)
                 )
             ).one()
@@ -207,7 +218,9 @@ class Store:
             sent = await session.scalar(
                 sa.select(sa.func.count()).where(OUTBOX.c.sent_at.is_not(None))
             )
-        return OutboxStatus(int(count), oldest, int(failing), last_error, int(sent or 0))
+        return OutboxStatus(
+            int(count), oldest, int(failing), last_error, int(sent or 0), int(scheduled)
+        )
 
 
 class Transaction:
@@ -236,8 +249,10 @@ class Transaction:
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
     async def stage(self, message: Message, due: float | None = None) -> None:
-        """Stage an encoded message (what ``ctx.publish`` of a stored service does)."""
-        delay = 0.0 if due is None else max(0.0, due - utcnow().replace(tzinfo=UTC).timestamp())
+        """Stage an encoded message (what ``ctx.publish`` of a stored service does). ``due``
+        (seconds since the epoch, as ``time.time()`` gives) is kept as a delay from now,
+        so a row is due as long after its staging on choreo's clock (which tests move)."""
+        delay = 0.0 if due is None else max(0.0, due - time.time())
         self._rows.append(self.store.row(message, delay))
         self.staged += 1
 

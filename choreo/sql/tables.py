@@ -8,15 +8,18 @@ before then (delayed messages). ``attempts``/``last_error``: failed publishes.
 ``choreo_inbox``: one row per (service, message id) handled and committed; a redelivery
 finds it and is acknowledged without running the handler.
 
-Times are naive UTC ``datetime`` values, the same on every database.
+Times are naive UTC ``datetime`` values, the same on every database, read from
+``choreo.clock.CLOCK`` (the system's clock, unless a test advanced it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
+
+from ..clock import CLOCK
 
 __all__ = ["INBOX", "METADATA", "NOTIFY_CHANNEL", "OUTBOX", "OutboxStatus", "utcnow"]
 
@@ -24,8 +27,8 @@ NOTIFY_CHANNEL = "choreo_outbox"  # PostgreSQL: relays LISTEN, commits that stag
 
 
 def utcnow() -> datetime:
-    """Now, as the tables keep times: naive UTC."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Now, as the tables keep times: naive UTC, on choreo's clock (``choreo.clock``)."""
+    return CLOCK.utcnow()
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class OutboxStatus:
     failing: int  # pending rows whose last publish failed
     last_error: str | None
     sent: int  # confirmed rows still kept (retention)
+    scheduled: int = 0  # of the pending rows, those not due yet (delayed, saga timeouts)
 
 
 METADATA = sa.MetaData()
