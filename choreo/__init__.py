@@ -18,6 +18,7 @@ from .errors import (
 )
 from .events import Event
 from .retry import Retry
+from .saga import Saga, SagaContext
 from .service import Service
 
 try:
@@ -39,6 +40,8 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "Retry",
+    "Saga",
+    "SagaContext",
     "Service",
     "Unroutable",
     "__version__",

@@ -778,4 +778,5 @@ class TestConfiguration:
         assert [row.message_id for row in await outbox(store)] == [message_id]
         async with store.engine.connect() as connection:
             names = await connection.run_sync(lambda c: sa.inspect(c).get_table_names())
-        assert {"choreo_outbox", "choreo_inbox", "payments"} == set(names)
+        saga_tables = {"choreo_saga", "choreo_saga_history"}  # sagas (#15)
+        assert {"choreo_outbox", "choreo_inbox", "payments", *saga_tables} == set(names)

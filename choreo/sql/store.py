@@ -101,7 +101,8 @@ class Store:
         return f"Store({self.name!r})"
 
     async def create_tables(self) -> None:
-        """Create ``choreo_outbox`` and ``choreo_inbox`` unless they exist (idempotent)."""
+        """Create choreo's tables unless they exist (idempotent): ``choreo_outbox``,
+        ``choreo_inbox``, and ``choreo_saga`` with ``choreo_saga_history`` (sagas)."""
         async with self.engine.begin() as connection:
             await connection.run_sync(METADATA.create_all)
 
@@ -172,6 +173,19 @@ class Store:
         await session.execute(sa.insert(OUTBOX), rows)
         if self.postgres:  # reaches the relays' LISTEN at commit, not on rollback
             await session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
+
+    async def cancel(self, session: AsyncSession, message_id: str) -> bool:
+        """Delete the outbox row of ``message_id`` in ``session``'s transaction, unless it
+        was sent or a relay is sending it: True if it will not be sent (once committed)."""
+        now = utcnow()
+        result = await session.execute(
+            sa.delete(OUTBOX).where(
+                OUTBOX.c.message_id == message_id,
+                OUTBOX.c.sent_at.is_(None),
+                sa.or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now),
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def committed(self) -> None:
         """Staged rows were committed in this process: wake its relays now."""

@@ -1,4 +1,4 @@
-"""The store's two tables. ``METADATA`` is what ``Store.metadata`` hands to Alembic users.
+"""The store's tables. ``METADATA`` is what ``Store.metadata`` hands to Alembic users.
 
 ``choreo_outbox``: one row per staged message, in staging order (``id``); ``sent_at`` is
 set once the broker confirmed it. ``lease_owner``/``lease_until`` mark rows a relay is
@@ -7,6 +7,10 @@ before then (delayed messages). ``attempts``/``last_error``: failed publishes.
 
 ``choreo_inbox``: one row per (service, message id) handled and committed; a redelivery
 finds it and is acknowledged without running the handler.
+
+``choreo_saga``: one row per saga instance (saga name, key): its state as JSON, its status
+(running, completed) and its version, raised by each event applied to it (``sagas.py``).
+``choreo_saga_history``: one row per event applied to an instance (``choreo saga show``).
 
 Times are naive UTC ``datetime`` values, the same on every database, read from
 ``choreo.clock.CLOCK`` (the system's clock, unless a test advanced it).
@@ -21,7 +25,16 @@ import sqlalchemy as sa
 
 from ..clock import CLOCK
 
-__all__ = ["INBOX", "METADATA", "NOTIFY_CHANNEL", "OUTBOX", "OutboxStatus", "utcnow"]
+__all__ = [
+    "INBOX",
+    "METADATA",
+    "NOTIFY_CHANNEL",
+    "OUTBOX",
+    "SAGA",
+    "SAGA_HISTORY",
+    "OutboxStatus",
+    "utcnow",
+]
 
 NOTIFY_CHANNEL = "choreo_outbox"  # PostgreSQL: relays LISTEN, commits that staged NOTIFY
 
@@ -81,3 +94,28 @@ INBOX = sa.Table(
     sa.Column("handled_at", sa.DateTime(), nullable=False),
 )
 sa.Index("choreo_inbox_handled_at", INBOX.c.handled_at)
+
+SAGA = sa.Table(
+    "choreo_saga",
+    METADATA,
+    sa.Column("saga", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("state", sa.JSON(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # running, completed
+    sa.Column("version", sa.Integer(), nullable=False),  # events applied
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("updated_at", sa.DateTime(), nullable=False),
+)
+sa.Index("choreo_saga_status", SAGA.c.saga, SAGA.c.status, SAGA.c.updated_at)
+
+SAGA_HISTORY = sa.Table(
+    "choreo_saga_history",
+    METADATA,
+    sa.Column("saga", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("version", sa.Integer(), primary_key=True),  # the version the event made
+    sa.Column("event", sa.String(255), nullable=False),
+    sa.Column("message_id", sa.String(255)),
+    sa.Column("status", sa.String(16), nullable=False),  # after the event
+    sa.Column("handled_at", sa.DateTime(), nullable=False),
+)
