@@ -5,6 +5,7 @@
 * ``dlq.py``: ``choreo dlq list|replay|purge``
 * ``publish.py``: ``choreo publish``
 * ``outbox.py``: ``choreo outbox status``
+* ``saga.py``: ``choreo saga list|show``
 * ``tooling.py``: ``choreo graph``, ``check`` and ``asyncapi``
 * ``_common.py``: the shared options, and errors as one line on stderr
 """
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import dlq, outbox, publish, run, tooling, topology
+from . import dlq, outbox, publish, run, saga, tooling, topology
 
 __all__ = ["app", "main"]
 
@@ -50,6 +51,7 @@ app.command()(run.run)
 app.command()(topology.topology)
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(outbox.outbox_app, name="outbox")
+app.add_typer(saga.saga_app, name="saga")
 app.command()(tooling.graph)
 app.command()(tooling.check)
 app.command()(tooling.asyncapi)
