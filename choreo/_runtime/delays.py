@@ -39,6 +39,9 @@ class DelayLevels:
         await self.declare()
         await declarer.bind_exchange(exchange, self._deliver, topology.delay_delivery_key(exchange))
         message.headers[wire.EXCHANGE_HEADER] = exchange
+        # the broker's x-death entries of another cascade (headers a handler passed on)
+        # would make it take a level it dies into again for a cycle, and drop the message
+        message.headers.pop(wire.DEATH_HEADER, None)
         first = topology.delay_level_name(self._namespace, seconds.bit_length() - 1)
         key = topology.delay_routing_key(seconds, exchange)
         started = time.perf_counter()

@@ -5,15 +5,16 @@ service consumes it, exactly like a durable queue on RabbitMQ. A fanout exchange
 message into every bound queue, a direct exchange into the queues bound with its routing
 key, a topic exchange into those whose binding key matches it (``*`` one word, ``#`` any
 number); exchanges bound to exchanges route on, each queue getting one copy. A message no
-queue takes is dropped, or refused when it is mandatory. A consumer
-gets at most ``prefetch`` unsettled messages; when it is closed, its unsettled messages go
-back to the head of the queue, flagged as redelivered. A message whose expiration has
-passed is dropped instead of delivered. Replies go to a per-connection reply address, as
-with RabbitMQ's direct reply-to. Publishing to an exchange that was never declared fails,
-as it does on RabbitMQ. A queue's dead-letter arguments apply as on RabbitMQ: a message
-that expires, is rejected without requeue, or (quorum) comes back more than
-``x-delivery-limit`` times goes to the dead-letter exchange with an ``x-death`` header.
-Unlike RabbitMQ over AMQP, it lists a queue's bindings (:meth:`MemoryTransport.bindings`).
+queue takes is dropped, or refused when it is mandatory. A consumer gets at most
+``prefetch`` unsettled messages; when it is closed, its unsettled messages go back to the
+head of the queue, flagged as redelivered. A message whose expiration has passed is dropped
+instead of delivered. Replies go to a per-connection reply address, as with RabbitMQ's
+direct reply-to. Publishing to an exchange that was never declared fails, as it does on
+RabbitMQ. A queue's dead-letter arguments apply as on RabbitMQ: a message that expires, is
+rejected without requeue, or (quorum) comes back more than ``x-delivery-limit`` times goes
+to the dead-letter exchange with an ``x-death`` header, except into a queue it already died
+in with no rejection since (RabbitMQ's cycle check). Unlike RabbitMQ over AMQP, it lists a
+queue's bindings (:meth:`MemoryTransport.bindings`).
 """
 
 from __future__ import annotations

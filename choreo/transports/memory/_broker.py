@@ -114,7 +114,7 @@ class Queue:
         routing_key = item.routing_key if key is None else key
         if exchange and exchange not in self.broker.exchanges:
             return  # RabbitMQ drops what it would dead-letter to a missing exchange
-        self.broker.publish(copy, exchange, routing_key, False)
+        self.broker.publish(copy, exchange, routing_key, False, dead_lettered=reason)
 
     def give_back(self, item: Item) -> None:
         """An unsettled message returns to the head of the queue, flagged as redelivered;
@@ -161,6 +161,17 @@ def topic_matches(binding_key: str, routing_key: str) -> bool:
                 reach[j] = reach[j - 1] and token in ("*", words[j - 1])
             reach[0] = False
     return reach[-1]
+
+
+def _cycle(queue: str, deaths: list[object]) -> bool:
+    """RabbitMQ's check: ``queue`` is among the message's ``x-death`` entries (latest
+    first), and none of the entries from the latest to it is a rejection."""
+    for death in deaths:
+        if not isinstance(death, dict) or death.get("reason") == "rejected":
+            return False
+        if death.get("queue") == queue:
+            return True
+    return False
 
 
 @dataclasses.dataclass(slots=True)
@@ -229,7 +240,18 @@ class MemoryBroker:
             if bound == queue
         )
 
-    def publish(self, message: Message, exchange: str, routing_key: str, mandatory: bool) -> None:
+    def publish(
+        self,
+        message: Message,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        *,
+        dead_lettered: str | None = None,
+    ) -> None:
+        """Route ``message`` into queues (or a reply address). ``dead_lettered``: the reason
+        a queue dead-letters it; as RabbitMQ does, a queue that would close a cycle of
+        deaths without a rejection in it does not get it."""
         if exchange == "":  # the default exchange: a queue, or a reply address, by name
             reply = self.reply_addresses.get(routing_key)
             if reply is not None:
@@ -240,6 +262,9 @@ class MemoryBroker:
             targets = self.route(exchange, routing_key)
         else:
             raise PublishError(f"no exchange {exchange!r} on the in-memory broker")
+        deaths = message.headers.get("x-death")
+        if dead_lettered not in (None, "rejected") and isinstance(deaths, list):
+            targets = [name for name in targets if not _cycle(name, deaths)]
         if not targets and mandatory:
             raise Unroutable(f"no queue is bound for {routing_key or exchange!r}")
         deadline = None if message.expiration is None else time.monotonic() + message.expiration
