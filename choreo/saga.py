@@ -43,6 +43,7 @@ from .events import Event, event_name_of
 from .observability import tracing
 from .retry import Retry
 from .service import EventTypes, F, Handler, HandlerFunc, Service
+from .storage import Skipped
 
 if TYPE_CHECKING:
     from .sql.sagas import SagaRows
@@ -336,7 +337,7 @@ class Saga(Service, Generic[S]):
                     return
                 if found.status == COMPLETED:
                     _ignored(saga, key, ctx, "it is completed")
-                    return
+                    raise Skipped("saga-completed", f"saga {saga!r}: {key!r} is completed")
                 state, version = state_type.model_validate(found.state), found.version
             context = SagaContext(saga, key, state, version, ctx, rows)
             await (func(event, context) if takes_saga else func(event))

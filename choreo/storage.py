@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from .transports.base import Message
 
-__all__ = ["Duplicate", "Relaying", "Send", "Staging", "Storage"]
+__all__ = ["Duplicate", "Relaying", "Send", "Skipped", "Staging", "Storage"]
 
 Send = Callable[[list[Message]], Awaitable[list[BaseException | None]]]
 """Publish messages in order, each with its confirm; one result per message (None: sent)."""
@@ -23,6 +23,15 @@ Send = Callable[[list[Message]], Awaitable[list[BaseException | None]]]
 
 class Duplicate(Exception):
     """The inbox holds this message already: it was handled (and committed) before."""
+
+
+class Skipped(Exception):
+    """Raised by a handler's wrapper (a saga) to acknowledge a message without effects:
+    its transaction is rolled back and the observer reports ``outcome``."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
 
 
 class Staging(Protocol):

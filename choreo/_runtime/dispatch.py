@@ -20,12 +20,13 @@ from ..errors import Reject
 from ..events import Event
 from ..observability import tracing
 from ..observability.logs import HANDLING
+from ..observability.observer import Outcome
 from ..retry import Retry
 from ..service import Handler, Service
-from ..storage import Duplicate
+from ..storage import Duplicate, Skipped
 from ..topology import DEFAULT_DELIVERY_LIMIT
 from ..transports.base import Delivery
-from .settle import ACK, DUPLICATE, GiveUp, HandBack, RetryLater, Settler, Verdict
+from .settle import ACK, DUPLICATE, Ack, GiveUp, HandBack, RetryLater, Settler, Verdict
 from .suspects import Suspects
 from .worker import HandlerExit, QueueWorker, Setup, call
 
@@ -82,7 +83,7 @@ class EventWorker(QueueWorker):
             return GiveUp(poison.kind, str(poison), 0, name, poison=True), name, 0
         ctx = self._context(handler, delivery, wire.attempt_of(message))
         retry = handler.retry or self._retry
-        give_up: tuple[type[BaseException], ...] = (Reject, Duplicate, *retry.give_up_on)
+        give_up: tuple[type[BaseException], ...] = (Reject, Duplicate, Skipped, *retry.give_up_on)
         name = handler.event_name
         handling = HANDLING.set(ctx)  # the ids of this message on every log line
         try:
@@ -95,6 +96,8 @@ class EventWorker(QueueWorker):
             return GiveUp("Reject", exc.reason, ctx.attempt, name), name, ctx.attempt
         except Duplicate:
             return DUPLICATE, name, ctx.attempt
+        except Skipped as skipped:
+            return Ack(Outcome(skipped.outcome)), name, ctx.attempt
         except Exception as exc:
             if ctx.attempt < retry.attempts and not isinstance(exc, give_up):
                 next_attempt = ctx.attempt + 1

@@ -2,7 +2,7 @@
 
 Needs the optional extra ``choreo-mq[metrics]`` (prometheus-client). Metrics, per service
 and event: ``choreo_consumed_total``, ``choreo_handled_total`` (by outcome: ok, retry,
-requeued, dead-lettered, poison, error, quarantined, duplicate, handed-back; see
+requeued, dead-lettered, poison, error, quarantined, duplicate, handed-back, saga-completed; see
 ``observer.Outcome``), ``choreo_handler_duration_seconds``; per service
 ``choreo_in_flight`` and ``choreo_inbox_duplicates_total`` (redeliveries a store's inbox
 had handled already: acked without running the handler); per event

@@ -26,6 +26,7 @@ class Outcome(enum.StrEnum):
     ERROR = "error"  # a responder failed: the requester got a RemoteError
     QUARANTINED = "quarantined"  # redelivered: moved to be handled alone, apart from the rest
     DUPLICATE = "duplicate"  # the store's inbox had it: acked without running the handler
+    SAGA_COMPLETED = "saga-completed"  # for a saga instance that is completed: ignored
     HANDED_BACK = "handed-back"  # no handler here: back to the queue for another process
 
 
