@@ -136,7 +136,7 @@ class Relay:
             except Exception as exc:  # the database: rows wait where they are
                 error = exc
             if not failing:
-                log.warning("outbox of %s: %s; retrying", self.store.name, error)
+                log.warning("outbox of %s: %s; retrying", self.store.name, _brief(error))
             failing = True
             await self._idle(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
@@ -286,3 +286,10 @@ class Relay:
                 if count < RETENTION_BATCH:
                     break
         return deleted
+
+
+def _brief(error: BaseException) -> str:
+    """One line for the log: a database error without SQLAlchemy's statement dump."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
