@@ -53,5 +53,11 @@ bench-all: bench
 bench-store: $(STAMP)
 	$(BIN)/python -m bench.store --n 1000 --runs 3 $(STORE_BENCH_ARGS)
 
+# Sagas (#15): saga events handled/s vs a stored service doing the same handler work, on
+# PostgreSQL. Needs RabbitMQ and PostgreSQL; bigger: SAGA_BENCH_ARGS='--n 5000'.
+.PHONY: bench-saga
+bench-saga: $(STAMP)
+	$(BIN)/python -m bench.saga --n 1000 --runs 3 $(SAGA_BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
