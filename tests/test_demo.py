@@ -1,6 +1,8 @@
 """The SKU demo: the whole story in-process on memory:// (on SQLite files and on
 PostgreSQL), and as separate `choreo run` processes on RabbitMQ, including a kill -9 of
-catalog mid-feed; inventory's POST /skus under FastAPI's TestClient."""
+catalog mid-feed; inventory's POST /skus under FastAPI's TestClient. The checkout
+(orders, the checkout saga, inventory's reservations, payments) in choreo.testing's
+harness, with h.advance for its timeout; orders' POST /orders under the TestClient."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,10 +26,23 @@ import pytest
 import sqlalchemy as sa
 
 from choreo import Service, topology
+from choreo.testing import Harness, harness
 from choreo.transports import memory
-from services import catalog, inventory, wishlist
-from services.events import SkuReceived
+from services import catalog, checkout, inventory, orders, payments, wishlist
+from services.demo import SERVICES as DEMO_SERVICES
+from services.events import (
+    CheckoutExpired,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderPlaced,
+    ReleaseStock,
+    ReserveStock,
+    SkuReceived,
+    StockReserved,
+    StockUnavailable,
+)
 from services.inventory.http import create_app
+from services.orders.http import create_app as create_orders_app
 from services.warehouse import SAMPLE, feed, read_csv
 
 from .conftest import Buses
@@ -40,6 +56,7 @@ with warnings.catch_warnings():
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = (inventory, catalog, wishlist)
+CHECKOUT_MODULES = (orders, checkout, payments)  # the checkout's other stores
 NAMES = ("inventory", "catalog", "wishlist")
 SERVICES: list[Service] = [inventory.service, catalog.service, wishlist.service]
 # subprocesses keep their databases in the test's SQLite files, whatever the shell says
@@ -87,16 +104,20 @@ async def through_the_stores(service: str, sql: str) -> list[Any]:
 
 
 def use_new_stores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Give each service a new store, where CHOREO_DEMO_DB/CHOREO_DEMO_DATA say now."""
-    for module in MODULES:
+    """Give each service a new store, where CHOREO_DEMO_DB/CHOREO_DEMO_DATA say now (the
+    checkout saga: a new saga on it)."""
+    for module in (*MODULES, orders, payments):
         store = module.open_store()
-        monkeypatch.setattr(module, "store", store)  # the responder's and POST /skus's
+        monkeypatch.setattr(module, "store", store)  # the responder's, POST /skus's, ...
         monkeypatch.setattr(module.service, "store", store)  # the handlers'
+    monkeypatch.setattr(inventory.reserving, "store", inventory.store)
+    monkeypatch.setattr(checkout, "store", checkout.open_store())
+    monkeypatch.setattr(checkout, "service", checkout.build(checkout.store))
 
 
 async def drop_databases() -> None:
     """Drop the databases that new stores of the services would use now."""
-    for module in MODULES:
+    for module in (*MODULES, *CHECKOUT_MODULES):
         await module.open_store().drop()
 
 
@@ -108,7 +129,7 @@ async def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
     monkeypatch.delenv("CHOREO_DEMO_DB", raising=False)
     use_new_stores(monkeypatch)
     yield tmp_path
-    for module in MODULES:
+    for module in (*MODULES, *CHECKOUT_MODULES):
         await module.store.engine.dispose()
 
 
@@ -135,7 +156,7 @@ async def databases(
     try:
         yield sqlite_files(tmp_path) if server is None else through_the_stores
     finally:
-        for module in MODULES:
+        for module in (*MODULES, *CHECKOUT_MODULES):
             if module.store.postgres:
                 await module.store.drop()
             else:
@@ -322,6 +343,229 @@ class TestPostSkus:
         assert outbox(data) == []
 
 
+CHECKOUT_TIMEOUT = timedelta(minutes=15)  # the saga's default: CHOREO_DEMO_CHECKOUT_TIMEOUT unset
+
+
+def checkout_services() -> list[Service]:
+    """Every demo service that handles something, the checkout's included (read now: the
+    tests give the checkout a new saga on a new store)."""
+    return [
+        inventory.service,
+        inventory.reserving,
+        catalog.service,
+        wishlist.service,
+        orders.service,
+        checkout.service,
+        payments.service,
+    ]
+
+
+@pytest.fixture
+def checkout_data(data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``data``, with the checkout's default timeout (15 minutes)."""
+    monkeypatch.delenv(checkout.TIMEOUT_VARIABLE, raising=False)
+    return data
+
+
+async def stocked(h: Harness) -> None:
+    """The warehouse sample, handled everywhere."""
+    for report in read_csv(SAMPLE):
+        await h.publish(report)
+    await h.settle(timeout=WAIT)
+
+
+async def place(*placed: OrderPlaced) -> None:
+    """What POST /orders does: the order row and order_placed, in one transaction."""
+    for order in placed:
+        async with orders.store.transaction() as tx:
+            assert await orders.place(tx, order) is not None
+
+
+def order_rows(data: Path) -> dict[str, tuple[str, str | None]]:
+    rows = query(data, "orders", "SELECT order_id, status, reason FROM orders")
+    return {order_id: (status, reason) for order_id, status, reason in rows}
+
+
+def holds(data: Path) -> dict[str, tuple[str, int, str]]:
+    rows = query(data, "inventory", "SELECT order_id, sku, quantity, status FROM order_holds")
+    return {order_id: (sku, quantity, status) for order_id, sku, quantity, status in rows}
+
+
+def reserved(data: Path) -> dict[str, int]:
+    return dict(query(data, "inventory", "SELECT sku, quantity FROM reservations"))
+
+
+async def status_of(order_id: str) -> str:
+    found = await checkout.service.instance(order_id)
+    assert found is not None
+    return found.state.status
+
+
+class TestCheckout:
+    """The checkout in choreo.testing's harness (memory://, SQLite files): the saga's
+    timeout comes with h.advance, without sleeping."""
+
+    async def test_paid_declined_and_expired_orders_end_as_they_should(
+        self, checkout_data: Path
+    ) -> None:
+        """The demo's three orders: o-1 paid and confirmed (its timeout cancelled); o-2
+        declined and compensated; o-3 held for review until the timeout, then compensated.
+        Each compensation once; the stock of cancelled orders is free again."""
+        data = checkout_data
+        async with harness(*checkout_services()) as h:
+            await stocked(h)
+            await place(
+                OrderPlaced(order_id="o-1", sku="SKU-1", quantity=2, amount=120),
+                OrderPlaced(order_id="o-2", sku="SKU-4", quantity=3, amount=1450),
+                OrderPlaced(order_id="o-3", sku="SKU-2", quantity=1, amount=640),
+            )
+            await h.settle(timeout=WAIT)
+            assert order_rows(data) == {
+                "o-1": ("confirmed", None),
+                "o-2": ("cancelled", "payment declined: over 1000 EUR"),
+                "o-3": ("placed", None),  # payments has not answered: no answer comes
+            }
+            assert [await status_of(o) for o in ("o-1", "o-2", "o-3")] == [
+                "confirmed",
+                "declined",
+                "paying",
+            ]
+            assert h.events(ReleaseStock) == [ReleaseStock(order_id="o-2", sku="SKU-4")]
+            assert (await available(sqlite_files(data)))["SKU-2"] == 4 - 1
+
+            h.advance(CHECKOUT_TIMEOUT)
+            await h.settle(timeout=WAIT)
+            assert await status_of("o-3") == "expired"
+            assert order_rows(data)["o-3"] == ("cancelled", "no payment in time")
+            assert h.events(ReleaseStock) == [
+                ReleaseStock(order_id="o-2", sku="SKU-4"),
+                ReleaseStock(order_id="o-3", sku="SKU-2"),
+            ]
+            # o-1's timeout was cancelled when it was paid; o-2's too
+            assert h.events(CheckoutExpired) == [CheckoutExpired(order_id="o-3")]
+            assert h.events(OrderConfirmed) == [OrderConfirmed(order_id="o-1")]
+            assert [e.order_id for e in h.events(OrderCancelled)] == ["o-2", "o-3"]
+            for service in ("inventory-reserving", "checkout", "orders", "payments"):
+                assert await h.dead_letters(service) == []
+            history = await checkout.service.instance("o-3")
+            assert history is not None
+            assert [step.event for step in history.history] == [
+                "order_placed",
+                "stock_reserved",
+                "checkout_expired",
+            ]
+        assert holds(data) == {
+            "o-1": ("SKU-1", 2, "reserved"),
+            "o-2": ("SKU-4", 3, "released"),
+            "o-3": ("SKU-2", 1, "released"),
+        }
+        assert reserved(data) == {"SKU-1": 2, "SKU-2": 0, "SKU-3": 2, "SKU-4": 0, "SKU-5": 1}
+        read = sqlite_files(data)
+        assert await available(read) == {**EXPECTED_AVAILABLE, "SKU-1": 5 - 2}
+        flags = await catalog_flags(read)
+        assert flags == {sku: int(n > 0) for sku, n in EXPECTED_AVAILABLE.items()}
+
+    async def test_catalog_and_wishlist_follow_the_reservations(self, checkout_data: Path) -> None:
+        """An order that holds every unit of SKU-4 makes it unavailable in catalog and
+        wishlist; when it expires and the stock is released, SKU-4 is back, and alice,
+        who wished for it, is told once more."""
+        data = checkout_data
+        read = sqlite_files(data)
+        async with harness(*checkout_services()) as h:
+            await stocked(h)
+            assert (await catalog_flags(read))["SKU-4"] == 1
+            before = await notified(read)
+            await place(OrderPlaced(order_id="o-4", sku="SKU-4", quantity=3, amount=600))
+            await h.settle(timeout=WAIT)
+            assert (await available(read))["SKU-4"] == 0
+            assert (await catalog_flags(read))["SKU-4"] == 0
+            wished = dict(query(data, "wishlist", "SELECT sku, available FROM sku_state"))
+            assert wished["SKU-4"] == 0
+            h.advance(CHECKOUT_TIMEOUT)
+            await h.settle(timeout=WAIT)
+            assert (await available(read))["SKU-4"] == 3
+            assert (await catalog_flags(read))["SKU-4"] == 1
+            wished = dict(query(data, "wishlist", "SELECT sku, available FROM sku_state"))
+            assert wished["SKU-4"] == 3
+            assert await notified(read) == sorted([*before, ("alice", "SKU-4")])
+        assert order_rows(data)["o-4"] == ("cancelled", "no payment in time")
+
+    async def test_too_few_units_cancel_the_order_and_reserve_nothing(
+        self, checkout_data: Path
+    ) -> None:
+        """SKU-3 has none for sale: stock_unavailable, the order is cancelled, nothing is
+        released, and the timeout is cancelled (advancing the clock changes nothing)."""
+        data = checkout_data
+        async with harness(*checkout_services()) as h:
+            await stocked(h)
+            await place(OrderPlaced(order_id="o-5", sku="SKU-3", quantity=1, amount=10))
+            await h.settle(timeout=WAIT)
+            h.advance(CHECKOUT_TIMEOUT)
+            await h.settle(timeout=WAIT)
+            assert h.events(StockUnavailable) == [
+                StockUnavailable(order_id="o-5", sku="SKU-3", available=0)
+            ]
+            assert h.events(ReleaseStock) == []
+            assert h.events(CheckoutExpired) == []
+            assert await status_of("o-5") == "unavailable"
+        assert order_rows(data) == {"o-5": ("cancelled", "out of stock")}
+        assert holds(data) == {"o-5": ("SKU-3", 0, "refused")}
+        assert reserved(data)["SKU-3"] == 2  # the seed's, unchanged
+
+    async def test_a_release_before_its_reservation_refuses_the_reservation(
+        self, checkout_data: Path
+    ) -> None:
+        """Commands arriving out of order (release first): nothing is held, ever."""
+        data = checkout_data
+        async with harness(inventory.reserving, inventory.service) as h:
+            await stocked(h)
+            await h.publish(ReleaseStock(order_id="o-6", sku="SKU-1"))
+            await h.settle(timeout=WAIT)
+            await h.publish(ReserveStock(order_id="o-6", sku="SKU-1", quantity=1))
+            await h.settle(timeout=WAIT)
+            assert h.events(StockReserved) == []
+        assert holds(data) == {"o-6": ("SKU-1", 0, "released")}
+        assert "SKU-1" not in reserved(data)
+
+
+class TestPostOrders:
+    """orders' POST /orders (services/orders/http.py) on a private memory:// broker."""
+
+    def test_an_order_over_http_is_taken_and_ends(
+        self, checkout_data: Path, memory_url: str
+    ) -> None:
+        """The order row and order_placed commit in one transaction; the checkout runs in
+        the app's process (SKU-9: never stocked, so the order is cancelled)."""
+        app = create_orders_app(memory_url, services=checkout_services())
+        with TestClient(app) as client:
+            order = {"order_id": "o-7", "sku": "SKU-9", "quantity": 1, "amount": 20}
+            response = client.post("/orders", json=order)
+            assert response.status_code == 202
+            taken = response.json()
+            assert (taken["order_id"], taken["status"]) == ("o-7", "placed")
+            wait_until(lambda: order_rows(checkout_data)["o-7"][0] == "cancelled")
+            assert client.post("/orders", json=order).status_code == 409  # the same order
+            anonymous = client.post("/orders", json={"sku": "SKU-9", "quantity": 1, "amount": 1})
+            assert anonymous.status_code == 202
+            assert anonymous.json()["order_id"].startswith("o-")
+        assert order_rows(checkout_data)["o-7"] == ("cancelled", "out of stock")
+        sent = query(checkout_data, "orders", "SELECT event, message_id FROM choreo_outbox")
+        assert ("order_placed", taken["message_id"]) in sent
+
+    def test_an_invalid_order_is_a_422_and_writes_nothing(
+        self, checkout_data: Path, memory_url: str
+    ) -> None:
+        with TestClient(create_orders_app(memory_url)) as client:
+            for bad in (
+                {"sku": "SKU-1", "quantity": 0, "amount": 10},
+                {"sku": "", "quantity": 1, "amount": 10},
+                {"sku": "SKU-1", "quantity": 1, "amount": -1},
+                {"sku": "SKU-1", "quantity": 1},
+            ):
+                assert client.post("/orders", json=bad).status_code == 422
+        assert query(checkout_data, "orders", "SELECT * FROM orders") == []
+
+
 def test_demo_command_prints_the_trace_and_the_state(
     server: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -351,6 +595,38 @@ def test_demo_command_prints_the_trace_and_the_state(
     where = f"(databases {prefix}_*)" if server is not None else f"data in {tmp_path}/"
     assert where in result.stdout
     assert result.stderr == ""
+    # the checkout: one paid, one declined and one expired, both compensated
+    assert "35 events handled" in result.stdout
+    assert "o-2: 3 released" in result.stdout
+    assert "o-3: 1 released" in result.stdout
+    assert section(result.stdout, "orders") == [
+        ["order", "sku", "quantity", "amount", "status", "why"],
+        ["o-1", "SKU-1", "2", "120", "confirmed"],
+        ["o-2", "SKU-4", "3", "1450", "cancelled", "payment", "declined:", "over", "1000", "EUR"],
+        ["o-3", "SKU-2", "1", "640", "cancelled", "no", "payment", "in", "time"],
+    ]
+    assert section(result.stdout, "inventory: held per order")[1:] == [
+        ["o-1", "SKU-1", "2", "reserved"],
+        ["o-2", "SKU-4", "3", "released"],
+        ["o-3", "SKU-2", "1", "released"],
+    ]
+    reserved = dict(section(result.stdout, "inventory: reservations")[1:])
+    assert reserved == {"SKU-1": "2", "SKU-2": "0", "SKU-3": "2", "SKU-4": "0", "SKU-5": "1"}
+    for_sale = {row[0]: int(row[1]) for row in section(result.stdout, "inventory: available")[1:]}
+    assert for_sale == {**EXPECTED_AVAILABLE, "SKU-1": 5 - 2}  # o-1's reservation stays
+
+
+def section(output: str, title: str) -> list[list[str]]:
+    """The rows (words) of the table of the demo's output whose title starts with
+    ``title``, its header first."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("  "):
+            break
+        rows.append(line.split())
+    return rows
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
@@ -480,7 +756,7 @@ def test_demo_on_rabbitmq_never_prints_the_password(
 ) -> None:
     """`python -m services.demo --broker amqp://user:password@...`: the story runs, and no
     line of its output holds the password (the banner used to print the URL whole)."""
-    plan = topology.plan(SERVICES, namespace)
+    plan = topology.plan(DEMO_SERVICES, namespace)
     make_bus.extra_queues |= {queue.name for queue in plan.queues}
     make_bus.extra_exchanges |= {name for name, _ in plan.exchanges}
     parts = urlsplit(make_bus.url)
@@ -495,6 +771,7 @@ def test_demo_on_rabbitmq_never_prints_the_password(
     )
     assert result.returncode == 0, result.stderr
     assert "36 events handled" in result.stdout
+    assert "35 events handled" in result.stdout  # the checkout
     assert f":{parts.password}@" not in result.stdout + result.stderr
     assert ":***@" in result.stdout
 
