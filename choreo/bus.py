@@ -32,7 +32,7 @@ from ._runtime.signals import run_until_signalled
 from ._runtime.worker import Setup
 from .delay import Delay, broker_seconds
 from .errors import ChoreoError, ConfigurationError, Unroutable
-from .events import Event
+from .events import Event, ordering_key_of
 from .observability import tracing
 from .service import Service
 from .settings import DEFAULT_REQUEST_TIMEOUT, BusOptions, Settings, settings_from
@@ -200,7 +200,7 @@ class Bus:
         )
         if delay:
             return await self._delays.publish(message, broker_seconds(delay))
-        return await self._publish(message)
+        return await self._publish(message, ordering_key_of(event))
 
     async def publish_json(
         self,
@@ -219,7 +219,8 @@ class Bus:
         )
         return await self._publish(message)
 
-    async def _publish(self, message: Message) -> str:
+    async def _publish(self, message: Message, key: str | None = None) -> str:
+        """Publish to the event's exchange, routed by the bucket of ``key`` (partitions)."""
         name = message.type or ""
         if tracing.ENABLED:
             tracing.inject(message.headers)
@@ -228,7 +229,8 @@ class Bus:
             await self._declarer.exchange(exchange, FANOUT)
         started = time.perf_counter()
         try:
-            await self.transport.publish(message, exchange, mandatory=True)
+            routing_key = topology.routing_key_of(key, message.message_id)
+            await self.transport.publish(message, exchange, routing_key, mandatory=True)
             self._observer.published(name, time.perf_counter() - started)
         except Unroutable:
             if self.settings.on_unroutable == "raise":
@@ -325,6 +327,8 @@ class Bus:
             await self._declarer.exchange(exchange, kind)
         for queue in plan.queues:
             await self._declarer.queue(queue)
+        for destination, source, key in plan.exchange_bindings:
+            await self._declarer.bind_exchange(destination, source, key)
         log.info(
             "declared exchanges %s and queues %s",
             ", ".join(name for name, _ in plan.exchanges),

@@ -9,6 +9,10 @@ An event is a pydantic model. Its name is the snake_case of the class name, or t
     class PriceChanged(Event, name="pricing.price_changed"):    # explicit
         sku: str
 
+``key=`` names the field whose value is the event's ordering key (its ``str()``): a
+partitioned service (``Service(..., partitions=N)``) handles the events of one key in
+publish order. Publishers route an event by the bucket of its key (``wire.bucket_of``).
+
 How an event travels (its message, headers, ids) is the wire contract, in ``wire.py``.
 """
 
@@ -22,7 +26,7 @@ from pydantic import BaseModel
 from .errors import ConfigurationError
 from .wire import check_name
 
-__all__ = ["Event", "event_name_of", "snake_case"]
+__all__ = ["Event", "event_name_of", "ordering_key_of", "snake_case"]
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -36,11 +40,28 @@ class Event(BaseModel):
     """Base class of every event; subclass it and declare fields as with any pydantic model."""
 
     __event_name__: ClassVar[str]
+    __event_key__: ClassVar[str | None] = None  # the field holding the ordering key
 
-    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, name: str | None = None, key: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
         event_name = snake_case(cls.__name__) if name is None else name
         cls.__event_name__ = check_name("event name", event_name, where=cls.__qualname__)
+        if key is not None:
+            if not isinstance(key, str):
+                raise ConfigurationError(f"{cls.__qualname__}: key must name a field, got {key!r}")
+            cls.__event_key__ = key
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        key = cls.__event_key__
+        if key is not None and key not in cls.model_fields:
+            raise ConfigurationError(
+                f"{cls.__qualname__}: key={key!r} is not a field of the event "
+                f"(its fields: {', '.join(cls.model_fields) or 'none'})"
+            )
 
 
 def event_name_of(event_type: object) -> str:
@@ -53,3 +74,9 @@ def event_name_of(event_type: object) -> str:
     ):
         return event_type.__event_name__
     raise ConfigurationError(f"expected a subclass of choreo.Event, got {event_type!r}")
+
+
+def ordering_key_of(event: Event) -> str | None:
+    """The ordering key of ``event`` (``str()`` of its ``key=`` field), or ``None``."""
+    key = type(event).__event_key__
+    return None if key is None else str(getattr(event, key))

@@ -65,6 +65,8 @@ class Service:
     transaction with the inbox and the outbox (``ctx.session``; ``ctx.publish`` stages).
     ``emits`` and ``requests`` list the events the service publishes and the requests it
     sends from any of its handlers (or outside of them, for a feed with no handlers).
+    ``partitions``: handle events in order per ordering key (``Event`` ``key=``), spread
+    over that many partition queues, each consumed by one process at a time.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Service:
         emits: EventTypes | None = None,
         requests: EventTypes | None = None,
         store: Storage | None = None,
+        partitions: int | None = None,
     ) -> None:
         check_name("service name", name)
         if store is not None and not callable(getattr(store, "handling", None)):
@@ -87,9 +90,12 @@ class Service:
             ("prefetch", prefetch),
             ("concurrency", concurrency),
             ("delivery_limit", delivery_limit),
+            ("partitions", partitions),
         ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigurationError(f"Service({name!r}): {option} must be a positive int")
+        if partitions is not None and partitions > 1024:
+            raise ConfigurationError(f"Service({name!r}): partitions must be at most 1024")
         if queue_type not in (None, "classic", "quorum"):
             raise ConfigurationError(
                 f"Service({name!r}): queue_type must be 'classic' or 'quorum', not {queue_type!r}"
@@ -103,6 +109,7 @@ class Service:
         self.concurrency = concurrency
         self.retry = retry
         self.store = store
+        self.partitions = partitions
         self.emits = _event_types(f"Service({name!r})", "emits", emits)
         self.requests = _event_types(f"Service({name!r})", "requests", requests)
         self._handlers: dict[str, Handler] = {}

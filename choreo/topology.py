@@ -17,6 +17,12 @@
 * requests: one durable direct exchange ``choreo.requests`` (``<namespace>.choreo.requests``);
   a responding service's queue ``<service queue>.requests`` is bound to it with the name of
   each request it answers as routing key
+* ordering (``Service(..., partitions=N)``): an event's routing key is its bucket, the
+  decimal ``crc32(utf-8 of str(key)) % 1024`` of its ordering key (``Event`` ``key=``;
+  no key: of its message id); a partitioned service has, instead of its one queue, the
+  direct exchange ``<service queue>.partitions`` bound to each handled event's exchange
+  and N queues ``<service queue>.p<i>``, ``p<i>`` bound to the buckets ``b % N == i``,
+  each with ``x-single-active-consumer`` (``partition_plan``)
 * delayed publishing: per namespace, the delay levels ``choreo.delay.<kk>`` (a topic
   exchange and a classic queue each) and the delivery exchange ``choreo.delay.deliver``,
   bound to each destination exchange; the routing key of a delayed message is its delay
@@ -25,20 +31,24 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .delay import LEVELS
+from .errors import ConfigurationError
 from .retry import DEFAULT_RETRY, Retry
 from .service import Service
 from .transports.base import DIRECT, FANOUT, TOPIC, QueueSpec
 
 __all__ = [
+    "BUCKETS",
     "DEFAULT_DELIVERY_LIMIT",
     "DELAY_EXCHANGE",
     "REQUESTS_EXCHANGE",
     "Topology",
+    "bucket_of",
     "delay_delivery_key",
     "delay_delivery_name",
     "delay_level_name",
@@ -46,11 +56,15 @@ __all__ = [
     "delay_routing_key",
     "dlq_name",
     "exchange_name",
+    "partition_exchange_name",
+    "partition_plan",
+    "partition_queue_name",
     "plan",
     "queue_name",
     "requests_exchange_name",
     "requests_queue_name",
     "retry_queue",
+    "routing_key_of",
     "service_queue",
     "suspect_queue_name",
 ]
@@ -60,6 +74,7 @@ QUEUE_TYPES = ("classic", "quorum")
 REQUESTS_EXCHANGE = "choreo.requests"
 DELAY_EXCHANGE = "choreo.delay"  # the delay levels ".<kk>" and the delivery exchange ".deliver"
 DEFAULT_DELIVERY_LIMIT = 5  # deliveries of one message before it counts as killing workers
+BUCKETS = 1024  # hash buckets of ordering keys; an event's routing key is its bucket
 
 
 def _qualify(namespace: str, name: str) -> str:
@@ -88,6 +103,25 @@ def requests_queue_name(namespace: str, service_name: str) -> str:
 
 def suspect_queue_name(service_queue: str) -> str:
     return f"{service_queue}.suspect"
+
+
+def bucket_of(key: str) -> int:
+    """The bucket of an ordering key: ``crc32`` of its UTF-8 bytes, modulo ``BUCKETS``."""
+    return zlib.crc32(key.encode("utf-8")) % BUCKETS
+
+
+def routing_key_of(key: str | None, message_id: str | None) -> str:
+    """The routing key an event is published with: the bucket of its ordering key, or of
+    its message id when it has none (no ordering promise; spread over the partitions)."""
+    return str(bucket_of(key if key is not None else message_id or ""))
+
+
+def partition_exchange_name(namespace: str, service_name: str) -> str:
+    return f"{queue_name(namespace, service_name)}.partitions"
+
+
+def partition_queue_name(namespace: str, service_name: str, partition: int) -> str:
+    return f"{queue_name(namespace, service_name)}.p{partition}"
 
 
 def _type_arguments(queue_type: str) -> tuple[tuple[str, Any], ...]:
@@ -161,12 +195,20 @@ def plan(
     their own."""
     exchanges: dict[str, str] = {}
     queues: list[QueueSpec] = []
+    exchange_bindings: list[tuple[str, str, str]] = []
     for service in services:
         kind = service.queue_type or queue_type
         limit = service.delivery_limit or delivery_limit
         dlq = dlq_name(namespace, service.name)
         options: dict[str, Any] = {"queue_type": kind, "delivery_limit": limit}
-        if service.handlers:
+        if service.handlers and service.partitions:
+            exchanges.update(dict.fromkeys(_exchanges_of(service, namespace), FANOUT))
+            _check_in_process(service, retry)
+            partitioned = partition_plan(service, namespace, dlq, **options)
+            exchanges.update(partitioned.exchanges)
+            queues.extend(partitioned.queues)
+            exchange_bindings.extend(partitioned.exchange_bindings)
+        elif service.handlers:
             queue = queue_name(namespace, service.name)
             bound = tuple((exchange_name(namespace, name), "") for name in service.handlers)
             exchanges.update(dict.fromkeys((name for name, _ in bound), FANOUT))
@@ -182,7 +224,55 @@ def plan(
             name = requests_queue_name(namespace, service.name)
             queues.append(service_queue(name, dlq, bindings=keys, **options))
         queues.append(QueueSpec(dlq, arguments=_type_arguments(kind)))
-    return Topology(tuple(exchanges.items()), tuple(queues))
+    return Topology(tuple(exchanges.items()), tuple(queues), tuple(exchange_bindings))
+
+
+def _exchanges_of(service: Service, namespace: str) -> list[str]:
+    return [exchange_name(namespace, name) for name in service.handlers]
+
+
+def _check_in_process(service: Service, default: Retry) -> None:
+    """A partitioned service retries in the process only: a retry through the broker would
+    put the message behind later events of its key."""
+    for handler in service.handlers.values():
+        policy = handler.retry or service.retry or default
+        if policy.broker_delays_ms():
+            raise ConfigurationError(
+                f"service {service.name!r} is partitioned (ordered per key), but the retry "
+                f"policy of {handler.event_name!r} waits through the broker (waits over "
+                f"in_process_max_delay={policy.in_process_max_delay:g}s), which would reorder "
+                "its key: raise in_process_max_delay, or lower max_delay/attempts"
+            )
+
+
+def partition_plan(
+    service: Service,
+    namespace: str,
+    dlq: str,
+    *,
+    queue_type: str = "classic",
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+) -> Topology:
+    """The partitions of ``service``: its direct exchange, bound to the exchange of each
+    event it handles, and its N queues, ``p<i>`` bound to the buckets ``b % N == i``, each
+    with one active consumer at a time across all processes."""
+    count = service.partitions or 1
+    partitions = partition_exchange_name(namespace, service.name)
+    queues = tuple(
+        QueueSpec(
+            partition_queue_name(namespace, service.name, i),
+            tuple((partitions, str(b)) for b in range(i, BUCKETS, count)),
+            (
+                ("x-single-active-consumer", True),
+                *service_queue(
+                    "", dlq, queue_type=queue_type, delivery_limit=delivery_limit
+                ).arguments,
+            ),
+        )
+        for i in range(count)
+    )
+    bindings = tuple((partitions, source, "") for source in _exchanges_of(service, namespace))
+    return Topology(((partitions, DIRECT),), queues, bindings)
 
 
 # -- delayed publishing (see delay.py) ------------------------------------------------------

@@ -71,12 +71,30 @@ def topology(
         typer.echo("queues (durable) and bindings")
         for queue in plan.queues:
             typer.echo(f"  {queue.name}")
-            for exchange, key in queue.bindings:
+            for exchange, key in _shown(queue.bindings):
                 typer.echo(f"    <- {exchange}" + (f"  key={key}" if key else ""))
+        if plan.exchange_bindings:
+            typer.echo("exchange-to-exchange bindings")
+        for destination, source, key in plan.exchange_bindings:
+            typer.echo(f"  {destination} <- {source}" + (f"  key={key}" if key else ""))
         if prune:
             bindings.listing_method(url, management)  # no way to list: say so before declaring
         if apply or prune:
             asyncio.run(_on_the_broker(services, url, ns, apply, prune, dry_run, management))
+
+
+def _shown(bindings: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """A partition queue's bucket bindings summed up in one line per exchange."""
+    keys: dict[str, list[str]] = {}
+    for exchange, key in bindings:
+        keys.setdefault(exchange, []).append(key)
+    shown: list[tuple[str, str]] = []
+    for exchange, found in keys.items():
+        if len(found) > 4 and all(key.isdigit() for key in found):
+            step = int(found[1]) - int(found[0])
+            found = [f"{len(found)} buckets {found[0]}, {found[1]}, ... (b % {step} == {found[0]})"]
+        shown.extend((exchange, key) for key in found)
+    return shown
 
 
 async def _on_the_broker(
