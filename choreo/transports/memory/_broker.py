@@ -116,21 +116,24 @@ class Queue:
             return  # RabbitMQ drops what it would dead-letter to a missing exchange
         self.broker.publish(copy, exchange, routing_key, False, dead_lettered=reason)
 
-    def give_back(self, item: Item) -> None:
+    def give_back(self, item: Item, *, dispatch: bool = True) -> None:
         """An unsettled message returns to the head of the queue, flagged as redelivered;
         past a quorum queue's delivery limit it is dead-lettered instead."""
         item.redelivered = True
         item.returns += 1
         if self.delivery_limit is not None and item.returns >= self.delivery_limit:
             self.dead_letter(item, "delivery_limit")
+        else:
+            self.messages.appendleft(item)
+        if dispatch:
             self.dispatch()
-            return
-        self.put(item, front=True)
 
     def dispatch(self) -> None:
         """Hand messages to consumers with room, round-robin, as RabbitMQ does."""
+        single = self.arguments.get("x-single-active-consumer") is True
         while self.messages:
-            ready = [c for c in self.consumers if len(c.unsettled) < c.prefetch]
+            active = self.consumers[:1] if single else self.consumers  # the first subscribed
+            ready = [c for c in active if len(c.unsettled) < c.prefetch]
             if not ready:
                 return
             item = self.messages.popleft()
@@ -396,8 +399,9 @@ class MemoryConsumer(Consumer):
 
     async def close(self) -> None:
         await self.cancel()
-        for key in sorted(self.unsettled, reverse=True):
-            self.settle(key, requeue=True)
+        for key in sorted(self.unsettled, reverse=True):  # all back, in order, then deliver
+            self.queue.give_back(self.unsettled.pop(key), dispatch=False)
+        self.queue.dispatch()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

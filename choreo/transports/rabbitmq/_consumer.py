@@ -241,7 +241,12 @@ class RabbitConsumer(Consumer):
             await self._subscribe()
 
     async def close(self) -> None:
-        await self.cancel()
+        # no basic.cancel here: closing the channel gives the unsettled deliveries back
+        # before the broker makes another consumer the single active one of the queue
+        self._cancelled = True
+        for task in list(self._restoring):
+            task.cancel()
+        self._channel.reopen_callbacks.discard(self._on_reopen)
         await self._acks.flush()
         # bounded: aiormq waits for the channel's delivery tasks, and a handler that
         # ignores its cancellation would hold the close (and the process) forever
