@@ -16,6 +16,7 @@ from ..service import Service
 from ..transports.base import Consumer
 from .broker_retry import BrokerRetry
 from .dispatch import EventWorker
+from .partitions import PartitionWorker
 from .responder import RequestWorker
 from .settle import Settler
 from .suspects import Suspects
@@ -80,7 +81,9 @@ class Running:
         concurrency = service.concurrency or self._concurrency
         dlq = topology.dlq_name(namespace, service.name)
         workers: list[QueueWorker] = []
-        if service.handlers:
+        if service.handlers and service.partitions:
+            workers.extend(self._partitions(service, concurrency))
+        elif service.handlers:
             queue = topology.queue_name(namespace, service.name)
             queue_type = service.queue_type or self._queue_type
             retries = BrokerRetry(transport, queue, queue_type, setup.declare_queue)
@@ -109,6 +112,36 @@ class Running:
                     queue=topology.requests_queue_name(namespace, service.name),
                     settler=Settler(transport, service=service.name, dlq=dlq),
                     concurrency=concurrency,
+                )
+            )
+        return workers
+
+    def _partitions(self, service: Service, concurrency: int) -> list[PartitionWorker]:
+        """One worker per partition queue; one concurrency bound for them all."""
+        setup, namespace = self._setup, self._namespace
+        dlq = topology.dlq_name(namespace, service.name)
+        queue_type = service.queue_type or self._queue_type
+        slots = asyncio.Semaphore(concurrency)
+        exchanges = {
+            topology.exchange_name(namespace, name): handler
+            for name, handler in service.handlers.items()
+        }
+        workers = []
+        for partition in range(service.partitions or 1):
+            queue = topology.partition_queue_name(namespace, service.name, partition)
+            retries = BrokerRetry(setup.transport, queue, queue_type, setup.declare_queue)
+            settler = Settler(setup.transport, service=service.name, dlq=dlq, retry=retries)
+            workers.append(
+                PartitionWorker(
+                    setup,
+                    service,
+                    queue=queue,
+                    settler=settler,
+                    exchanges=exchanges,
+                    concurrency=concurrency,
+                    retry=service.retry or self._retry,
+                    handback_limit=service.delivery_limit or self._delivery_limit,
+                    slots=slots,
                 )
             )
         return workers
@@ -164,8 +197,8 @@ class Running:
         if not services:
             return
         items = [item for items in services.values() for item in items]
-        for item in items:
-            if item.subscription is not None:
+        for item in items:  # a partition is kept until its deliveries go back (close)
+            if item.subscription is not None and item.worker.cancel_first:
                 await item.subscription.cancel()
         results = await asyncio.gather(*(item.worker.drain(timeout, abort) for item in items))
         for item in items:

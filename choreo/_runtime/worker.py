@@ -44,6 +44,8 @@ class Setup:
 class QueueWorker:
     """Consumes one queue of ``service``; subclasses decide each delivery (``_process``)."""
 
+    cancel_first = True  # a stop cancels the subscription before it waits for handlers
+
     def __init__(
         self,
         setup: Setup,
