@@ -116,6 +116,8 @@ class Bus:
             retry=self.settings.retry,
             queue_type=self.settings.queue_type,
             delivery_limit=self.settings.delivery_limit,
+            shutdown_timeout=self.settings.shutdown_timeout,
+            heartbeat=self.settings.partition_heartbeat,
         )
         self._relays = Relays(self._send, self._observer)
         self._delays = DelayLevels(self._declarer, namespace, self._observer)
@@ -367,6 +369,10 @@ class Bus:
         deliveries without settling any for ``stall_timeout`` (what ``/healthz`` reports)."""
         running = self._running
         return self._connected and self.transport.connected and running.healthy(self.settings)
+
+    def partitions_held(self, service: str) -> tuple[int, ...]:
+        """The partitions of a partitioned ``service`` this process has taken (its share)."""
+        return self._running.partitions_held(service)
 
     def in_flight_of(self, service: str) -> int:
         """Deliveries of ``service`` being handled right now."""

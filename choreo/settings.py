@@ -44,6 +44,8 @@ class Settings:
     deliveries of one message that kill their worker (a crash, an OOM kill) before it is
     dead-lettered as a crash loop. ``stores``: the stores (``choreo.sql.Store``) whose
     outbox this bus relays (a started service's own store is relayed anyway).
+    ``partition_heartbeat``: seconds between the announcements by which the processes of a
+    partitioned service share its partitions; one silent for three is taken for gone.
     """
 
     prefetch: int = DEFAULT_PREFETCH
@@ -57,6 +59,7 @@ class Settings:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     observer: Observer = field(default_factory=Observer)
     stores: Sequence[Storage] = ()
+    partition_heartbeat: float = 1.0
 
     def __post_init__(self) -> None:
         if any(not callable(getattr(store, "relay", None)) for store in self.stores):
@@ -69,6 +72,8 @@ class Settings:
             raise ConfigurationError(f"connect(): queue_type must be one of {topology.QUEUE_TYPES}")
         if self.on_unroutable not in ("warn", "raise"):
             raise ConfigurationError("connect(): on_unroutable must be 'warn' or 'raise'")
+        if not isinstance(self.partition_heartbeat, int | float) or self.partition_heartbeat <= 0:
+            raise ConfigurationError("connect(): partition_heartbeat must be a positive number")
         if not isinstance(self.retry, Retry):
             raise ConfigurationError("connect(): retry must be a choreo.Retry")
 
@@ -87,6 +92,7 @@ class BusOptions(TypedDict, total=False):
     max_message_size: int
     observer: Observer | None
     stores: Sequence[Storage]
+    partition_heartbeat: float
 
 
 def settings_from(options: BusOptions) -> Settings:

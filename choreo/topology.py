@@ -46,6 +46,7 @@ __all__ = [
     "BUCKETS",
     "DEFAULT_DELIVERY_LIMIT",
     "DELAY_EXCHANGE",
+    "PRESENCE_EXPIRES",
     "REQUESTS_EXCHANGE",
     "Topology",
     "bucket_of",
@@ -60,6 +61,8 @@ __all__ = [
     "partition_plan",
     "partition_queue_name",
     "plan",
+    "presence_exchange_name",
+    "presence_queue",
     "queue_name",
     "requests_exchange_name",
     "requests_queue_name",
@@ -322,3 +325,26 @@ def delay_plan(namespace: str) -> Topology:
         queues.append(QueueSpec(name, ((name, f"{higher}1.#"),), arguments))
         bindings.append((below, name, f"{higher}0.#"))
     return Topology(tuple(exchanges), tuple(queues), tuple(bindings))
+
+
+# -- partition presence (see _runtime/presence.py) ------------------------------------------
+
+PRESENCE_EXPIRES = 60_000  # ms a presence queue outlives its process (x-expires)
+
+
+def presence_exchange_name(namespace: str, service_name: str) -> str:
+    """The fanout exchange the processes of a partitioned service announce themselves on."""
+    return f"{queue_name(namespace, service_name)}.presence"
+
+
+def presence_queue(namespace: str, service_name: str, node: str, ttl: float) -> QueueSpec:
+    """The presence queue of one process (``node``): bound to the presence exchange, its
+    announcements dropped after ``ttl`` s, the queue itself deleted by the broker
+    ``PRESENCE_EXPIRES`` ms after its process is gone (a kill -9 leaves nothing behind)."""
+    exchange = presence_exchange_name(namespace, service_name)
+    arguments = (
+        ("x-queue-type", "classic"),
+        ("x-message-ttl", max(1, int(ttl * 1000))),
+        ("x-expires", PRESENCE_EXPIRES),
+    )
+    return QueueSpec(f"{exchange}.{node}", ((exchange, ""),), arguments)

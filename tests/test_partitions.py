@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from choreo import Bus, ConfigurationError, Event, Retry, Service, topology
+from choreo._runtime.balance import assign
 from choreo.transports.base import QueueSpec
 
 from .conftest import Buses
@@ -106,8 +107,8 @@ class Log:
         await self.done.wait_until(lambda items: expected <= set(items), timeout=3 * WAIT)
 
 
-async def publish_steps(bus: Bus, keys: list[str], count: int) -> None:
-    for seq in range(count):  # one key's events one after the other, keys at once
+async def publish_steps(bus: Bus, keys: list[str], count: int, first: int = 0) -> None:
+    for seq in range(first, first + count):  # one key's events one after the other, keys at once
         await asyncio.gather(*(bus.publish(Step(sku=sku, seq=seq)) for sku in keys))
 
 
@@ -219,59 +220,110 @@ class TestOrderPerKey:
         await seen.wait_until(lambda items: len(set(items)) == 11)
 
 
+class TestAssignment:
+    MEMBERS = ("host-1-aa", "host-2-bb", "host-3-cc")
+
+    def test_each_partition_once_and_evenly(self) -> None:
+        for members in range(1, 10):
+            for count in (1, 3, 8, 64):
+                names = [f"n{i}" for i in range(members)]
+                shares = assign(names, count)
+                held = sorted(p for share in shares.values() for p in share)
+                assert held == list(range(count))
+                loads = [len(share) for share in shares.values()]
+                assert max(loads) <= -(-count // members), (members, count, loads)
+
+    def test_the_same_whatever_the_order(self) -> None:
+        assert assign(self.MEMBERS, 8) == assign(list(reversed(self.MEMBERS)), 8)
+        assert sorted(len(s) for s in assign(self.MEMBERS, 8).values()) == [2, 3, 3]
+
+    def test_a_process_joining_moves_few_partitions(self) -> None:
+        before = assign(self.MEMBERS, 64)
+        after = assign([*self.MEMBERS, "host-4-dd"], 64)
+        owner = {p: m for m, share in before.items() for p in share}
+        moved = [p for m, share in after.items() for p in share if owner[p] != m]
+        assert len(after["host-4-dd"]) == 16
+        assert len(moved) <= 24, len(moved)  # 16 must move to the newcomer; few others
+
+
+async def held_by(buses: list[Bus], loads: list[int]) -> None:
+    """Wait until the buses hold partitions of catalog in these numbers (in any order),
+    never one partition twice."""
+    async with asyncio.timeout(WAIT):
+        while sorted(len(bus.partitions_held("catalog")) for bus in buses) != loads:
+            await asyncio.sleep(0.02)
+    held = [p for bus in buses for p in bus.partitions_held("catalog")]
+    assert sorted(held) == sorted(set(held)), held
+
+
+FAST = 0.2  # partition_heartbeat of the tests: a silent process is gone after 0.6 s
+
+
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
-class TestTwoProcesses:
-    async def test_one_active_consumer_and_a_graceful_handover(
+class TestProcesses:
+    async def test_spread_rebalanced_on_join_and_handed_over_on_stop(
         self, make_bus: Buses, queue_type: str
     ) -> None:
-        """Two buses consume the same partitioned service: only the first one handles;
-        when it stops, the other takes over, and every key's sequence stays in order."""
-        log = Log()
-        log.gate.clear()
-        first, second = await make_bus(queue_type=queue_type), await make_bus(queue_type=queue_type)
-        await first.declare(log.service("first"))
-        await publish_steps(first, KEYS, EVENTS_PER_KEY)  # queued before anyone consumes
-        await first.start(log.service("first", sleep=(0.001, 0.006)))
-        await second.start(log.service("second", sleep=(0.001, 0.006)))
-        log.gate.set()  # both consume now: handle
-        await log.done.wait_for(100, timeout=3 * WAIT)
-        assert {h.bus for h in log.handlings} == {"first"}
-        await first.stop()
+        """One bus takes all 8 partitions; a second joins mid-stream and takes half, a
+        third a share; the first stops and the others take its partitions. Every key's
+        sequence is handled in order, once, never two of one key at once."""
+        log, count = Log(), 60
+        buses = {
+            name: await make_bus(queue_type=queue_type, partition_heartbeat=FAST)
+            for name in ("first", "second", "third")
+        }
+        service = {name: log.service(name, partitions=8, sleep=(0.005, 0.015)) for name in buses}
+        await buses["first"].declare(service["first"])
+        await publish_steps(buses["first"], KEYS, 25)  # queued before anyone consumes
+        await buses["first"].start(service["first"])
+        await held_by([buses["first"]], [8])
+        await log.done.wait_for(50, timeout=WAIT)
+        await buses["second"].start(service["second"])  # mid-stream
+        await held_by([buses["first"], buses["second"]], [4, 4])
+        await buses["third"].start(service["third"])
+        await held_by(list(buses.values()), [2, 3, 3])
+        before = len(log.done.items)
+        await publish_steps(buses["first"], KEYS, 25, first=25)
+        await log.done.wait_for(before + 100, timeout=WAIT)
+        await buses["first"].stop()
         stopped_at = time.monotonic()
-        await log.wait_all(KEYS, EVENTS_PER_KEY)
+        await held_by([buses["second"], buses["third"]], [4, 4])
+        await publish_steps(buses["second"], KEYS, 10, first=50)
+        await log.wait_all(KEYS, count)
         log.assert_no_overlap()
         for sku, handlings in log.by_key().items():
-            assert [h.seq for h in handlings] == list(range(EVENTS_PER_KEY)), sku
+            assert [h.seq for h in handlings] == list(range(count)), sku
         assert all(h.start < stopped_at for h in log.handlings if h.bus == "first")
-        assert any(h.bus == "second" for h in log.handlings)
+        for name in buses:
+            assert any(h.bus == name for h in log.handlings), f"{name} handled nothing"
+        late = {h.bus for h in log.handlings if h.seq >= 50}
+        assert late == {"second", "third"}
 
-    async def test_the_standby_takes_over_from_a_dead_process(
+    async def test_a_dead_processs_partitions_are_taken_over(
         self, make_bus: Buses, queue_type: str
     ) -> None:
-        """The active bus's connection closes abruptly mid-stream (as when its process is
-        killed): the other bus takes over; a key's events may repeat, never jump back."""
-        log = Log()
-        log.gate.clear()
-        first = await make_bus(shutdown_timeout=0.5, queue_type=queue_type)
-        second = await make_bus(queue_type=queue_type)
+        """A bus's connection closes abruptly mid-stream (as when its process is killed):
+        once it has been silent for three heartbeats the other takes its partitions; a
+        key's events may repeat, never jump back."""
+        log, count = Log(), EVENTS_PER_KEY
+        first = await make_bus(queue_type=queue_type, partition_heartbeat=FAST)
+        second = await make_bus(queue_type=queue_type, partition_heartbeat=FAST)
         await second.declare(log.service("second"))
-        await publish_steps(second, KEYS, EVENTS_PER_KEY)  # queued before anyone consumes
-        await first.start(log.service("first", sleep=(0.001, 0.006)))
-        await second.start(log.service("second", sleep=(0.001, 0.006)))
-        log.gate.set()  # both consume now: handle
+        await first.start(log.service("first", partitions=4, sleep=(0.002, 0.008)))
+        await second.start(log.service("second", partitions=4, sleep=(0.002, 0.008)))
+        await held_by([first, second], [2, 2])
+        await publish_steps(second, KEYS, count)
         await log.done.wait_for(100, timeout=3 * WAIT)
         log.alive["first"] = False
         killed_at = time.monotonic()
         await first.transport.close()
-        await log.wait_all(KEYS, EVENTS_PER_KEY)
+        await held_by([second], [4])
+        await log.wait_all(KEYS, count)
         log.assert_no_overlap(killed_at)
         for sku, handlings in log.by_key().items():
-            mine = [h.seq for h in handlings if h.bus == "first"]
-            theirs = [h.seq for h in handlings if h.bus == "second"]
-            assert mine == list(range(len(mine))), sku
-            assert theirs, sku
-            start = theirs[0]
-            assert theirs == list(range(start, EVENTS_PER_KEY)), sku
-            assert start <= len(mine), f"{sku}: events {len(mine)}..{start - 1} skipped"
-            first_of_second = min(h.start for h in handlings if h.bus == "second")
-            assert all(h.start < first_of_second for h in handlings if h.bus == "first"), sku
+            seqs = [h.seq for h in handlings]
+            assert all(b in (a, a + 1) for a, b in itertools.pairwise(seqs)), f"{sku}: {seqs}"
+            assert seqs[0] == 0, sku
+            assert seqs[-1] == count - 1, sku
+        assert any(h.bus == "first" for h in log.handlings)
+        assert any(h.bus == "second" and h.start > killed_at for h in log.handlings)

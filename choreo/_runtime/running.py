@@ -14,9 +14,11 @@ from ..errors import ChoreoError, ConnectionFailed
 from ..retry import Retry
 from ..service import Service
 from ..transports.base import Consumer
+from .balance import Balancer
 from .broker_retry import BrokerRetry
 from .dispatch import EventWorker
 from .partitions import PartitionWorker
+from .presence import Presence
 from .responder import RequestWorker
 from .settle import Settler
 from .suspects import Suspects
@@ -56,8 +58,14 @@ class Running:
         retry: Retry,
         queue_type: str,
         delivery_limit: int,
+        shutdown_timeout: float,
+        heartbeat: float,
     ) -> None:
         self._setup = setup
+        self._shutdown_timeout = shutdown_timeout  # what a partition let go of gets to finish
+        self._heartbeat = heartbeat  # seconds between a partitioned service's announcements
+        self._balancers: dict[str, Balancer[_Subscribed]] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._namespace = namespace
         self._prefetch = prefetch
         self._concurrency = concurrency
@@ -81,9 +89,7 @@ class Running:
         concurrency = service.concurrency or self._concurrency
         dlq = topology.dlq_name(namespace, service.name)
         workers: list[QueueWorker] = []
-        if service.handlers and service.partitions:
-            workers.extend(self._partitions(service, concurrency))
-        elif service.handlers:
+        if service.handlers and not service.partitions:
             queue = topology.queue_name(namespace, service.name)
             queue_type = service.queue_type or self._queue_type
             retries = BrokerRetry(transport, queue, queue_type, setup.declare_queue)
@@ -116,55 +122,80 @@ class Running:
             )
         return workers
 
-    def _partitions(self, service: Service, concurrency: int) -> list[PartitionWorker]:
-        """One worker per partition queue; one concurrency bound for them all."""
+    def _partition_worker(self, service: Service, partition: int) -> PartitionWorker:
+        """The worker of one partition queue; one concurrency bound for all of them."""
         setup, namespace = self._setup, self._namespace
-        dlq = topology.dlq_name(namespace, service.name)
+        concurrency = service.concurrency or self._concurrency
+        slots = self._slots.setdefault(service.name, asyncio.Semaphore(concurrency))
+        queue = topology.partition_queue_name(namespace, service.name, partition)
         queue_type = service.queue_type or self._queue_type
-        slots = asyncio.Semaphore(concurrency)
-        exchanges = {
-            topology.exchange_name(namespace, name): handler
-            for name, handler in service.handlers.items()
-        }
-        workers = []
-        for partition in range(service.partitions or 1):
-            queue = topology.partition_queue_name(namespace, service.name, partition)
-            retries = BrokerRetry(setup.transport, queue, queue_type, setup.declare_queue)
-            settler = Settler(setup.transport, service=service.name, dlq=dlq, retry=retries)
-            workers.append(
-                PartitionWorker(
-                    setup,
-                    service,
-                    queue=queue,
-                    settler=settler,
-                    exchanges=exchanges,
-                    concurrency=concurrency,
-                    retry=service.retry or self._retry,
-                    handback_limit=service.delivery_limit or self._delivery_limit,
-                    slots=slots,
-                )
-            )
-        return workers
+        retries = BrokerRetry(setup.transport, queue, queue_type, setup.declare_queue)
+        dlq = topology.dlq_name(namespace, service.name)
+        return PartitionWorker(
+            setup,
+            service,
+            queue=queue,
+            settler=Settler(setup.transport, service=service.name, dlq=dlq, retry=retries),
+            exchanges={
+                topology.exchange_name(namespace, name): handler
+                for name, handler in service.handlers.items()
+            },
+            concurrency=concurrency,
+            retry=service.retry or self._retry,
+            handback_limit=service.delivery_limit or self._delivery_limit,
+            slots=slots,
+        )
 
     async def start(self, service: Service) -> None:
-        """Consume the queues of ``service`` (declared already)."""
-        prefetch = service.prefetch or self._prefetch
+        """Consume the queues of ``service`` (declared already); a partitioned service's
+        partitions are shared with its other processes (``balance.Balancer``)."""
         if self.failed is None:
             self.failed = asyncio.get_running_loop().create_future()
         subscribed = self._services[service.name] = []
         for worker in self._workers(service):
-            entry = _Subscribed(worker, None)
+            subscribed.append(await self._subscribe(service, worker))
+        if service.handlers and service.partitions:
+            await self._balance(service, subscribed)
 
-            async def restore(service: Service = service, entry: _Subscribed = entry) -> None:
-                await self._restore(service, entry)
+    async def _subscribe(self, service: Service, worker: QueueWorker) -> _Subscribed:
+        prefetch = service.prefetch or self._prefetch
+        entry = _Subscribed(worker, None)
 
-            subscription = await self._setup.transport.consume(
-                worker.queue, worker.on_message, prefetch, restore
-            )
-            entry.subscription = subscription
+        async def restore() -> None:
+            await self._restore(service, entry)
+
+        entry.subscription = await self._setup.transport.consume(
+            worker.queue, worker.on_message, prefetch, restore
+        )
+        worker.attach(entry.subscription)
+        log.info("service %s consuming %s (prefetch %d)", service.name, worker.queue, prefetch)
+        return entry
+
+    async def _balance(self, service: Service, subscribed: list[_Subscribed]) -> None:
+        """Take this process's share of the partitions of ``service``, follow its peers."""
+        count = service.partitions or 1
+
+        async def take(partition: int) -> _Subscribed:
+            entry = await self._subscribe(service, self._partition_worker(service, partition))
             subscribed.append(entry)
-            worker.attach(subscription)
-            log.info("service %s consuming %s (prefetch %d)", service.name, worker.queue, prefetch)
+            return entry
+
+        async def give_up(entry: _Subscribed) -> None:
+            await entry.worker.drain(self._shutdown_timeout)
+            if entry.subscription is not None:
+                await entry.subscription.close()
+            subscribed.remove(entry)
+            log.info("service %s let go of %s", service.name, entry.worker.queue)
+
+        setup = self._setup
+        presence = Presence(
+            setup.transport, setup.declare_queue, self._namespace, service.name, count,
+            self._heartbeat,
+        )  # fmt: skip
+        balancer = self._balancers[service.name] = Balancer(
+            service.name, count, presence, take, give_up
+        )
+        await balancer.start()
 
     async def _restore(self, service: Service, entry: _Subscribed) -> None:
         """The broker cancelled a subscription (its queue was deleted): declare the
@@ -193,6 +224,10 @@ class Running:
 
     async def stop(self, timeout: float, abort: asyncio.Event | None = None) -> None:
         """Stop consuming, let handlers in flight finish (up to ``timeout`` s), then settle."""
+        balancers, self._balancers = self._balancers, {}
+        for balancer in balancers.values():  # what it still holds is stopped below
+            await balancer.stop()
+        self._slots.clear()
         services, self._services = self._services, {}
         if not services:
             return
@@ -227,6 +262,11 @@ class Running:
             for item in items
             if item.worker.stalled(seconds)
         ]
+
+    def partitions_held(self, service: str) -> tuple[int, ...]:
+        """The partitions of ``service`` this process consumes now (it may be the standby)."""
+        balancer = self._balancers.get(service)
+        return () if balancer is None else tuple(sorted(balancer.held))
 
     def in_flight_of(self, service: str) -> int:
         """Deliveries of ``service`` being handled (or waiting for a slot) right now."""
