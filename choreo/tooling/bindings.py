@@ -16,6 +16,12 @@ dead-letter, retry or quarantine queues, nor a queue the plan does not have. The
 exchange's binding (every queue has one) is never listed, and a binding with arguments is
 not choreo's (choreo binds without any): it is left alone. The unbinding goes through the
 transport (``queue.unbind``).
+
+:func:`repartition` is what ``choreo topology --apply`` checks for a partitioned service
+after a change of its partition count: the bindings of its partition queues that the plan
+no longer has (a bucket bound to two queues delivers its events twice), and its queues
+beyond the count (and its unpartitioned queue), with the messages and consumers
+:func:`list_queues` finds in them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -42,9 +49,13 @@ __all__ = [
     "Binding",
     "Listing",
     "Pruning",
+    "QueueState",
+    "Repartition",
     "Stale",
     "list_bindings",
+    "list_queues",
     "listing_method",
+    "repartition",
     "stale_bindings",
 ]
 
@@ -136,27 +147,28 @@ async def list_bindings(
     return Listing(f"rabbitmqctl (vhost {vhost!r})", await asyncio.to_thread(_ctl, vhost, names))
 
 
-def _ctl(vhost: str, queues: list[str]) -> dict[str, frozenset[Binding]]:
-    command = ["rabbitmqctl", "list_bindings", "-p", vhost, "-q", "--no-table-headers"]
+def _run_ctl(command: str, vhost: str, *columns: str) -> list[list[str]]:
+    """The rows ``rabbitmqctl <command>`` lists in ``vhost``: their tab-separated fields."""
+    line = ["rabbitmqctl", command, "-p", vhost, "-q", "--no-table-headers", *columns]
     try:
         done = subprocess.run(
-            [*command, *_CTL_COLUMNS],
-            capture_output=True,
-            text=True,
-            timeout=CTL_TIMEOUT,
-            check=False,
+            line, capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConnectionFailed(f"rabbitmqctl list_bindings failed: {exc}") from exc
+        raise ConnectionFailed(f"rabbitmqctl {command} failed: {exc}") from exc
     if done.returncode != 0:
         lines = (done.stderr.strip() or done.stdout.strip()).splitlines() or ["no output"]
         raise ConnectionFailed(
-            f"rabbitmqctl list_bindings exited with {done.returncode}: {lines[-1].strip()}"
+            f"rabbitmqctl {command} exited with {done.returncode}: {lines[-1].strip()}"
         )
+    return [row.split("\t") for row in done.stdout.splitlines()]
+
+
+def _ctl(vhost: str, queues: list[str]) -> dict[str, frozenset[Binding]]:
+    rows = _run_ctl("list_bindings", vhost, *_CTL_COLUMNS)
     wanted = set(queues)
     found: dict[str, set[Binding]] = {}
-    for line in done.stdout.splitlines():
-        fields = line.split("\t")
+    for fields in rows:
         if len(fields) != len(_CTL_COLUMNS):
             continue
         source, destination, kind, key, arguments = fields
@@ -166,6 +178,19 @@ def _ctl(vhost: str, queues: list[str]) -> dict[str, frozenset[Binding]]:
         if source and arguments == "[]":
             bound.add((source, key))
     return {name: frozenset(bound) for name, bound in found.items()}
+
+
+def _ctl_queues(vhost: str) -> list[tuple[str, int, int]]:
+    rows = _run_ctl("list_queues", vhost, "name", "messages", "consumers")
+    return [(r[0], _count(r[1]), _count(r[2])) for r in rows if len(r) == 3]
+
+
+def _count(value: Any) -> int:
+    """A listed count; what is not one yet (a queue the statistics have not seen) is 0."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 class _Management:
@@ -212,6 +237,18 @@ class _Management:
                 and not item.get("arguments")
             )
         return found
+
+    def queues(self, vhost: str) -> list[tuple[str, int, int]]:
+        path = f"/api/queues/{quote(vhost, safe='')}?columns=name,messages,consumers"
+        listed = self._get(path)
+        if listed is None:
+            raise ConfigurationError(f"{self.where} has no vhost {vhost!r} (404)")
+        if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+            raise ConnectionFailed(f"{self.where} answered no list of queues for {vhost!r}")
+        return [
+            (str(i.get("name")), _count(i.get("messages")), _count(i.get("consumers")))
+            for i in listed
+        ]
 
     def _get(self, path: str) -> Any:
         """The JSON answer to ``GET path``; ``None`` for 404 (no such object)."""
@@ -285,3 +322,90 @@ async def stale_bindings(
                 stale.append(Stale(queue, exchange, key))
     missing = tuple(sorted(set(wanted) - set(listing.bindings)))
     return Pruning(listing.source, tuple(sorted(listing.bindings)), missing, tuple(stale))
+
+
+# -- a change of partition count -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """A queue on the broker: its messages (ready and unacknowledged) and consumers, as
+    listed (the management API's counts can be some seconds old)."""
+
+    name: str
+    messages: int = 0
+    consumers: int = 0
+
+
+async def list_queues(
+    transport: Transport, url: str, prefix: str, *, management: str | None = None
+) -> tuple[str, dict[str, QueueState]]:
+    """How they were listed, and the queues whose name starts with ``prefix``, on the broker
+    at ``url`` (listed as :func:`listing_method` says)."""
+    how = listing_method(url, management)
+    if how == "memory":
+        if not isinstance(transport, MemoryTransport):
+            raise ConfigurationError(f"{redact(url)} is not served by the in-memory transport")
+        rows = [
+            (name, len(q.messages) + sum(len(c.unsettled) for c in q.consumers), len(q.consumers))
+            for name, q in transport.broker.queues.items()
+        ]
+        source = "the in-memory broker"
+    elif how == "management":
+        assert management is not None
+        api = _Management(management, url)
+        rows, source = await asyncio.to_thread(api.queues, _vhost(url)), api.where
+    else:
+        rows = await asyncio.to_thread(_ctl_queues, _vhost(url))
+        source = f"rabbitmqctl (vhost {_vhost(url)!r})"
+    found = {name: QueueState(name, n, c) for name, n, c in rows if name.startswith(prefix)}
+    return source, found
+
+
+@dataclass(frozen=True, slots=True)
+class Repartition:
+    """The partition queues of a service on the broker, against its plan."""
+
+    service: str
+    partitions: int
+    source: str
+    stale: tuple[Stale, ...]  # bindings of its queues that the plan does not have
+    unbound: tuple[Stale, ...]  # bindings the plan has that are not on the broker
+    orphans: tuple[QueueState, ...]  # its queues the plan does not have, bound or not
+
+
+async def repartition(
+    transport: Transport,
+    service: Service,
+    namespace: str,
+    url: str,
+    *,
+    management: str | None = None,
+) -> Repartition:
+    """Compare the partition queues of ``service`` (partitioned) on the broker with its
+    plan: queues ``p<i>`` with ``i`` below its count and their bucket bindings, queues
+    beyond its count, and its unpartitioned queue (a service that was not partitioned)."""
+    plain = topology.queue_name(namespace, service.name)
+    shape = re.compile(re.escape(plain) + r"(\.p\d+)?")
+    plan = topology.plan([service], namespace)
+    wanted = {q.name: set(q.bindings) for q in plan.queues if shape.fullmatch(q.name)}
+    source, queues = await list_queues(transport, url, plain, management=management)
+    present = {name: state for name, state in queues.items() if shape.fullmatch(name)}
+    listing = Listing(source, {})
+    if present:
+        listing = await list_bindings(transport, url, present, management=management)
+    stale, unbound = [], []
+    for queue in sorted(set(wanted) | set(present), key=_natural):
+        bound = listing.bindings.get(queue, frozenset())
+        keep = wanted.get(queue, set())
+        stale += [Stale(queue, exchange, key) for exchange, key in sorted(bound - keep)]
+        unbound += [Stale(queue, exchange, key) for exchange, key in sorted(keep - bound)]
+    orphans = [present[name] for name in sorted(set(present) - set(wanted), key=_natural)]
+    count = service.partitions or 1
+    return Repartition(service.name, count, source, tuple(stale), tuple(unbound), tuple(orphans))
+
+
+def _natural(name: str) -> tuple[str, int]:
+    """``x.p10`` after ``x.p9``."""
+    head, _, tail = name.rpartition(".p")
+    return (head, int(tail)) if head and tail.isdigit() else (name, -1)
