@@ -221,8 +221,11 @@ class Bus:
         )
         return await self._publish(message)
 
-    async def _publish(self, message: Message, key: str | None = None) -> str:
-        """Publish to the event's exchange, routed by the bucket of ``key`` (partitions)."""
+    async def _publish(
+        self, message: Message, key: str | None = None, routing_key: str | None = None
+    ) -> str:
+        """Publish to the event's exchange, routed by the bucket of ``key`` (partitions),
+        or by ``routing_key`` when given (the bucket an outbox row was staged with)."""
         name = message.type or ""
         if tracing.ENABLED:
             tracing.inject(message.headers)
@@ -231,7 +234,7 @@ class Bus:
             await self._declarer.exchange(exchange, FANOUT)
         started = time.perf_counter()
         try:
-            routing_key = topology.routing_key_of(key, message.message_id)
+            routing_key = routing_key or topology.routing_key_of(key, message.message_id)
             await self.transport.publish(message, exchange, routing_key, mandatory=True)
             self._observer.published(name, time.perf_counter() - started)
         except Unroutable:
@@ -250,12 +253,18 @@ class Bus:
 
     async def _send(self, messages: list[Message]) -> list[BaseException | None]:
         """The outbox relay's publish: ``messages`` pipelined in their order, each with its
-        confirm; their exchanges are declared first, so no publish waits behind another."""
+        confirm; their exchanges are declared first, so no publish waits behind another.
+        Each goes out with the routing key its row was staged with (``sql.relay.Routed``;
+        none, or a row older than that column: the bucket of its message id)."""
         for message in messages:
             exchange = topology.exchange_name(self.namespace, message.type or "")
             if exchange not in self._declarer.exchanges:
                 await self._declarer.exchange(exchange, FANOUT)
-        sent = await asyncio.gather(*map(self._publish, messages), return_exceptions=True)
+        keys = [getattr(message, "routing_key", None) for message in messages]
+        sent = await asyncio.gather(
+            *(self._publish(m, routing_key=k) for m, k in zip(messages, keys, strict=True)),
+            return_exceptions=True,
+        )
         return [_relayed(result) for result in sent]
 
     async def request(

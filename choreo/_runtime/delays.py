@@ -1,5 +1,9 @@
 """Delayed publishing through the broker: a bus's delay levels (``choreo/delay.py`` says
-how they cascade), declared on its first delayed publish, and the publish into them."""
+how they cascade), declared on its first delayed publish, and the publish into them.
+
+Also ``ordering_key_in``: the ordering key of an event already encoded, for what routes
+a message without its event at hand (a delayed publish, an outbox row, ``publish_json``).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,38 @@ import time
 
 from .. import topology, wire
 from ..errors import Unroutable
+from ..events import Event, ordering_key_of
 from ..observability import tracing
 from ..observability.observer import Observer
 from ..transports.base import FANOUT, Message
 from .declare import Declarer
 
-__all__ = ["DelayLevels"]
+__all__ = ["DelayLevels", "ordering_key_in"]
+
+_KEYED: dict[str, list[type[Event]]] = {}  # event name -> its classes that have a key=
+_INDEXED = [-1]  # how many direct subclasses Event had when _KEYED was built
+
+
+def ordering_key_in(message: Message) -> str | None:
+    """The ordering key of an encoded event, as ``ordering_key_of`` gives it for the event:
+    its body validated as the class of its name (``type``) that has ``key=``, among the
+    classes this process defined. None when no such class is loaded (a foreign event) or
+    the body is not one (consumers dead-letter it): routed by its message id then."""
+    if len(Event.__subclasses__()) != _INDEXED[0]:  # classes were defined (or collected)
+        _KEYED.clear()
+        _INDEXED[0] = len(Event.__subclasses__())
+        pending: list[type[Event]] = [Event]
+        while pending:
+            for cls in pending.pop().__subclasses__():
+                pending.append(cls)
+                if cls.__event_key__ is not None and "__event_name__" in vars(cls):
+                    _KEYED.setdefault(cls.__event_name__, []).append(cls)
+    for cls in _KEYED.get(message.type or "", ()):
+        try:
+            return ordering_key_of(cls.model_validate_json(message.body))
+        except ValueError:  # pydantic's ValidationError: not this class
+            continue
+    return None
 
 
 class DelayLevels:

@@ -2,11 +2,13 @@
 
 One round: claim up to ``batch_size`` unsent, due rows that no other relay holds (a lease,
 taken with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers), publish
-them pipelined in ``id`` order, then mark sent the rows up to the first that failed. The
-rest keep their place and are published again after a back-off (rows after a failure may
-go out twice: their message id is fixed, so inboxes downstream drop the second). Rounds
-follow one another while rows wait; an idle relay sleeps until a local commit wakes it,
-a NOTIFY arrives (PostgreSQL), a delayed row falls due, or ``poll_interval`` passed.
+them pipelined in ``id`` order, each with the routing key it was staged with (``Routed``:
+its bucket, so partitioned consumers get it in its key's partition), then mark sent the
+rows up to the first that failed. The rest keep their place and are published again after
+a back-off (rows after a failure may go out twice: their message id is fixed, so inboxes
+downstream drop the second). Rounds follow one another while rows wait; an idle relay
+sleeps until a local commit wakes it, a NOTIFY arrives (PostgreSQL), a delayed row falls
+due, or ``poll_interval`` passed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -27,7 +30,7 @@ from ..storage import Send
 from ..transports.base import Message
 from .tables import INBOX, NOTIFY_CHANNEL, OUTBOX, OutboxStatus, utcnow
 
-__all__ = ["Relay"]
+__all__ = ["Relay", "Routed"]
 
 log = logging.getLogger("choreo.sql")
 
@@ -46,11 +49,20 @@ _COLUMNS = (
     OUTBOX.c.correlation_id,
     OUTBOX.c.content_type,
     OUTBOX.c.timestamp,
+    OUTBOX.c.routing_key,
 )
 
 
-def _message(row: Any) -> Message:
-    return Message(
+@dataclass(slots=True)
+class Routed(Message):
+    """An outbox row's message and the routing key it was staged with, which the bus's
+    ``_send`` publishes it with (None: a row older than the column, by its message id)."""
+
+    routing_key: str | None = None
+
+
+def _message(row: Any) -> Routed:
+    return Routed(
         body=row.body,
         message_id=row.message_id,
         type=row.event or None,
@@ -58,6 +70,7 @@ def _message(row: Any) -> Message:
         content_type=row.content_type,
         timestamp=row.timestamp,
         headers=dict(row.headers or {}),
+        routing_key=row.routing_key,
     )
 
 

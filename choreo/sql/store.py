@@ -28,15 +28,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from .. import wire
+from .. import topology, wire
+from .._runtime.delays import ordering_key_in
 from ..clock import CLOCK
 from ..errors import ConfigurationError
-from ..events import Event
+from ..events import Event, ordering_key_of
 from ..observability import tracing
 from ..storage import Duplicate, Relaying, Send
 from ..transports.base import Message
 from .relay import Relay
-from .tables import INBOX, METADATA, NOTIFY_CHANNEL, OUTBOX, OutboxStatus, utcnow
+from .tables import INBOX, METADATA, NOTIFY_CHANNEL, OUTBOX, OutboxStatus, upgrade, utcnow
 
 __all__ = ["OutboxStatus", "Store", "Transaction", "utcnow"]
 
@@ -102,9 +103,11 @@ class Store:
 
     async def create_tables(self) -> None:
         """Create choreo's tables unless they exist (idempotent): ``choreo_outbox``,
-        ``choreo_inbox``, and ``choreo_saga`` with ``choreo_saga_history`` (sagas)."""
+        ``choreo_inbox``, and ``choreo_saga`` with ``choreo_saga_history`` (sagas); add
+        to existing ones the columns a newer choreo needs (``tables.upgrade``)."""
         async with self.engine.begin() as connection:
             await connection.run_sync(METADATA.create_all)
+            await connection.run_sync(upgrade)
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -145,15 +148,19 @@ class Store:
         """Stage ``event`` in ``session``'s transaction (yours to commit); return its
         message id. The relay sends it after the commit (found by LISTEN or its poll)."""
         message = _encoded(event, correlation_id, headers)
-        await self.stage(session, message, _seconds(delay))
+        await self.write(session, [self.row(message, _seconds(delay), _routed(message, event))])
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
     async def stage(self, session: AsyncSession, message: Message, delay: float = 0.0) -> None:
         """Insert ``message`` into the outbox in ``session``'s transaction."""
         await self.write(session, [self.row(message, delay)])
 
-    def row(self, message: Message, delay: float = 0.0) -> dict[str, Any]:
-        """The outbox row of ``message``, due ``delay`` seconds from now."""
+    def row(
+        self, message: Message, delay: float = 0.0, routing_key: str | None = None
+    ) -> dict[str, Any]:
+        """The outbox row of ``message``, due ``delay`` seconds from now, to be published
+        with ``routing_key`` (by default: the bucket of its ordering key, read from its
+        body, or of its message id when it has none; see ``_routed``)."""
         now = utcnow()
         return {
             "message_id": message.message_id,
@@ -166,6 +173,7 @@ class Store:
             "created_at": now,
             "due_at": now + timedelta(seconds=delay) if delay else now,
             "attempts": 0,
+            "routing_key": routing_key or _routed(message),
         }
 
     async def write(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
@@ -258,7 +266,7 @@ class Transaction:
         """Stage ``event``; return its message id (fixed now: a re-publish after a relay
         crash carries the same id, which inboxes downstream recognise)."""
         message = _encoded(event, correlation_id, headers)
-        self._rows.append(self.store.row(message, _seconds(delay)))
+        self._rows.append(self.store.row(message, _seconds(delay), _routed(message, event)))
         self.staged += 1
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
@@ -284,3 +292,11 @@ def _encoded(
     if tracing.ENABLED:
         tracing.inject(message.headers)
     return message
+
+
+def _routed(message: Message, event: Event | None = None) -> str:
+    """The routing key of an outbox row: the bucket of the event's ordering key (``event``
+    at hand, else read back from the message: a stored handler's ``ctx.publish``, a saga's
+    timeout), or of the message id when it has none, as ``Bus.publish`` routes it."""
+    key = ordering_key_of(event) if event is not None else ordering_key_in(message)
+    return topology.routing_key_of(key, message.message_id)

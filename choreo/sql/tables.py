@@ -4,6 +4,10 @@
 set once the broker confirmed it. ``lease_owner``/``lease_until`` mark rows a relay is
 publishing, so that several relays never publish one row at once. ``due_at``: not sent
 before then (delayed messages). ``attempts``/``last_error``: failed publishes.
+``routing_key``: what the relay publishes it with, its bucket (``topology.routing_key_of``
+of its ordering key), fixed when staged; NULL in rows staged before the column existed,
+which go out by the bucket of their message id. ``upgrade`` adds the column to an outbox
+created by an older choreo (``Store.create_tables`` calls it).
 
 ``choreo_inbox``: one row per (service, message id) handled and committed; a redelivery
 finds it and is acknowledged without running the handler.
@@ -33,6 +37,7 @@ __all__ = [
     "SAGA",
     "SAGA_HISTORY",
     "OutboxStatus",
+    "upgrade",
     "utcnow",
 ]
 
@@ -76,7 +81,9 @@ OUTBOX = sa.Table(
     sa.Column("lease_until", sa.DateTime()),
     sa.Column("attempts", sa.Integer(), nullable=False, default=0),
     sa.Column("last_error", sa.Text()),
+    sa.Column("routing_key", sa.String(16)),  # the bucket; NULL: by the message id
 )
+ADDED = (OUTBOX.c.routing_key,)  # columns added since the first release: nullable
 # what the relay looks for: unsent rows, in staging order (a partial index stays small)
 sa.Index(
     "choreo_outbox_pending",
@@ -119,3 +126,16 @@ SAGA_HISTORY = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),  # after the event
     sa.Column("handled_at", sa.DateTime(), nullable=False),
 )
+
+
+def upgrade(connection: sa.Connection) -> None:
+    """Add to the tables the columns of ``ADDED`` they lack (an outbox an older choreo
+    created); idempotent, and old rows keep working (NULL)."""
+    inspector = sa.inspect(connection)
+    for column in ADDED:
+        table = column.table.name
+        if column.name in {found["name"] for found in inspector.get_columns(table)}:
+            continue
+        kind = column.type.compile(dialect=connection.dialect)
+        exists = " IF NOT EXISTS" if connection.dialect.name == "postgresql" else ""
+        connection.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN{exists} {column.name} {kind}"))

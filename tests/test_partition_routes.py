@@ -1,0 +1,147 @@
+"""Partitions (#14) reached by every way an event is published: through a store's outbox
+(``tx.publish``, a stored handler's ``ctx.publish``), by name (``publish_json``), and
+delayed through the broker's delay levels. Each event is looked for where it lands: the
+partition queue of its key's bucket, in its key's order. Both transports; the outbox on
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from choreo import Bus, Context, Event, Service, topology, wire
+from choreo.sql import Store
+from choreo.sql.tables import OUTBOX
+
+from .conftest import Buses
+from .helpers import WAIT
+
+PARTITIONS = 4
+COUNT = 12  # events per key
+KEYS = [f"SKU-{i}" for i in range(6)]
+
+
+class Step(Event, name="routes_test.step", key="sku"):
+    sku: str
+    seq: int
+
+
+class Kick(Event, name="routes_test.kick"):
+    skus: list[str]
+    seq: int
+
+
+def catalog() -> Service:
+    """The partitioned consumer; tests only declare it, and read its partition queues."""
+    service = Service("catalog", partitions=PARTITIONS)
+
+    @service.on(Step)
+    async def step(event: Step) -> None: ...
+
+    return service
+
+
+def partition_of(sku: str) -> int:
+    return topology.bucket_of(sku) % PARTITIONS
+
+
+async def partition_contents(bus: Bus, count: int) -> dict[int, list[tuple[str, int]]]:
+    """Once ``count`` messages wait in the partition queues: partition -> (sku, seq) of
+    each of its messages, in queue order (taken off the queues)."""
+    names = [topology.partition_queue_name(bus.namespace, "catalog", i) for i in range(4)]
+    async with asyncio.timeout(WAIT):
+        while sum([await bus.transport.queue_size(name) for name in names]) < count:
+            await asyncio.sleep(0.05)
+    got: dict[int, list[tuple[str, int]]] = {}
+    for i, name in enumerate(names):
+        async with bus.transport.fetch(name, count) as deliveries:
+            bodies = [json.loads(d.message.body) for d in deliveries]
+            got[i] = [(body["sku"], body["seq"]) for body in bodies]
+            for delivery in deliveries:
+                await delivery.ack()
+    assert sum(map(len, got.values())) == count
+    return got
+
+
+def assert_in_their_partitions_in_order(
+    got: dict[int, list[tuple[str, int]]], keys: list[str], count: int
+) -> None:
+    for partition, items in got.items():
+        assert {partition_of(sku) for sku, _ in items} <= {partition}, partition
+    for sku in keys:
+        seqs = [seq for s, seq in got[partition_of(sku)] if s == sku]
+        assert seqs == list(range(count)), sku
+
+
+# -- through a store's outbox -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(make_bus: Buses, db_url: str) -> AsyncIterator[Store]:
+    engine = create_async_engine(db_url)
+    store = Store(engine, poll_interval=0.2)
+    await store.create_tables()
+    yield store
+    for bus in make_bus.buses:
+        await bus.close()  # the relays use the engine
+    await engine.dispose()
+
+
+async def test_the_outbox_routes_keyed_events_to_their_partition_in_order(
+    make_bus: Buses, store: Store
+) -> None:
+    """Keyed events staged by tx.publish (half the keys) and by a stored handler's
+    ctx.publish (the other half, one Kick at a time), relayed by one relay: each lands in
+    the partition queue of its key's bucket, each key's events in staging order."""
+    consumer = await make_bus()
+    await consumer.declare(catalog())
+    orders = Service("orders", store=store, emits=[Step], concurrency=1)
+
+    @orders.on(Kick)
+    async def kick(event: Kick, ctx: Context) -> None:
+        for sku in event.skus:
+            await ctx.publish(Step(sku=sku, seq=event.seq))
+
+    relaying = await make_bus()
+    await relaying.start(orders)
+    by_tx, by_ctx = KEYS[:3], KEYS[3:]
+    for seq in range(COUNT):
+        async with store.transaction() as tx:
+            for sku in by_tx:
+                await tx.publish(Step(sku=sku, seq=seq))
+        await relaying.publish(Kick(skus=by_ctx, seq=seq))
+    got = await partition_contents(consumer, len(KEYS) * COUNT)
+    assert_in_their_partitions_in_order(got, KEYS, COUNT)
+    async with store.sessions() as session:
+        keys = set((await session.scalars(sa.select(OUTBOX.c.routing_key))).all())
+    assert keys == {str(topology.bucket_of(sku)) for sku in KEYS}  # stored with each row
+
+
+async def test_an_outbox_created_before_the_routing_key_is_upgraded(
+    make_bus: Buses, store: Store
+) -> None:
+    """An outbox without the routing_key column (an older choreo made it), with a row in
+    it: create_tables adds the column; the old row goes out by its message id's bucket, a
+    row staged afterwards by its key's."""
+    async with store.engine.begin() as connection:
+        await connection.execute(sa.text("ALTER TABLE choreo_outbox DROP COLUMN routing_key"))
+        message = Step(sku=KEYS[0], seq=0)
+        old = {k: v for k, v in store.row(wire.encode(message)).items() if k != "routing_key"}
+        table = sa.table("choreo_outbox", *(sa.column(n, OUTBOX.c[n].type) for n in old))
+        await connection.execute(sa.insert(table), [old])
+    await store.create_tables()
+    await store.create_tables()  # idempotent
+    async with store.transaction() as tx:
+        await tx.publish(Step(sku=KEYS[0], seq=1))
+    consumer = await make_bus()
+    await consumer.declare(catalog())
+    await (await make_bus(stores=[store])).open()
+    got = await partition_contents(consumer, 2)
+    by_id = topology.bucket_of(old["message_id"]) % PARTITIONS
+    assert (KEYS[0], 0) in got[by_id]
+    assert (KEYS[0], 1) in got[partition_of(KEYS[0])]
