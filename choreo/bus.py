@@ -24,7 +24,7 @@ from typing import Any, TypeVar, Unpack
 
 from . import config, topology, wire
 from ._runtime.declare import Declarer
-from ._runtime.delays import DelayLevels
+from ._runtime.delays import DelayLevels, ordering_key_in
 from ._runtime.relays import Relays
 from ._runtime.requests import send_request
 from ._runtime.running import Running
@@ -211,15 +211,17 @@ class Bus:
         *,
         correlation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        key: str | None = None,
     ) -> str:
         """Publish an event given by name and fields, without its class and unvalidated
         (consumers validate it): what ``choreo publish`` does. Otherwise as :meth:`publish`.
-        """
+        ``key``: its ordering key (routes it by its bucket); by default read from ``payload``
+        as the keyed class of that name defines it, if this process has one."""
         self._check_connected()
         message = wire.encode_json(
             event_name, payload, correlation_id=correlation_id, headers=headers
         )
-        return await self._publish(message)
+        return await self._publish(message, ordering_key_in(message) if key is None else key)
 
     async def _publish(
         self, message: Message, key: str | None = None, routing_key: str | None = None

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from typer.testing import CliRunner
 
-from choreo import Context, Service
+from choreo import Context, Service, topology
+from choreo.cli import app
 from choreo.transports.base import FANOUT, QueueSpec
 
 from .conftest import Buses
 from .fixtures.worker import Ping
 from .helpers import WAIT, Recorder
 from .test_cli import ROOT, choreo_cmd
+from .test_partition_routes import catalog, partition_of, taken
 
 NOWHERE = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens: these must fail before connecting
 
@@ -154,6 +157,26 @@ class TestOnRabbitMQ:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert await bus.transport.queue_size(raw) == 1
+
+
+async def test_key_routes_to_the_keys_partition(make_bus: Buses, namespace: str) -> None:
+    """--key: the routing key is the bucket of that key (not of the payload's field, which
+    the CLI cannot know), so the event lands in that key's partition queue. In process
+    (CliRunner, in a thread) on memory://, as a subprocess on RabbitMQ."""
+    bus = await make_bus()
+    await bus.declare(catalog())
+    args = ["publish", "routes_test.step", '{"sku": "SKU-1", "seq": 0}', "--key", "SKU-7"]
+    args += ["--broker", make_bus.url, "--namespace", namespace]
+    if make_bus.url.startswith("memory://"):
+        done = await asyncio.to_thread(CliRunner().invoke, app, args)
+        code, output = done.exit_code, done.output
+    else:
+        proc = await asyncio.to_thread(choreo_cmd, *args)
+        code, output = proc.returncode, proc.stdout + proc.stderr
+    assert code == 0, output
+    got = await taken(bus, 1)
+    ((body, key),) = got[partition_of("SKU-7")]
+    assert (body["sku"], key) == ("SKU-1", str(topology.bucket_of("SKU-7")))
 
 
 def _run_with_stdin(text: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -50,22 +51,29 @@ def partition_of(sku: str) -> int:
     return topology.bucket_of(sku) % PARTITIONS
 
 
-async def partition_contents(bus: Bus, count: int) -> dict[int, list[tuple[str, int]]]:
-    """Once ``count`` messages wait in the partition queues: partition -> (sku, seq) of
-    each of its messages, in queue order (taken off the queues)."""
+async def taken(
+    bus: Bus, count: int, timeout: float = WAIT
+) -> dict[int, list[tuple[dict[str, Any], str]]]:
+    """Once ``count`` messages wait in the partition queues: partition -> (body, routing
+    key) of each of its messages, in queue order (taken off the queues)."""
     names = [topology.partition_queue_name(bus.namespace, "catalog", i) for i in range(4)]
-    async with asyncio.timeout(WAIT):
+    async with asyncio.timeout(timeout):
         while sum([await bus.transport.queue_size(name) for name in names]) < count:
             await asyncio.sleep(0.05)
-    got: dict[int, list[tuple[str, int]]] = {}
+    got: dict[int, list[tuple[dict[str, Any], str]]] = {}
     for i, name in enumerate(names):
         async with bus.transport.fetch(name, count) as deliveries:
-            bodies = [json.loads(d.message.body) for d in deliveries]
-            got[i] = [(body["sku"], body["seq"]) for body in bodies]
+            got[i] = [(json.loads(d.message.body), d.routing_key) for d in deliveries]
             for delivery in deliveries:
                 await delivery.ack()
     assert sum(map(len, got.values())) == count
     return got
+
+
+async def partition_contents(bus: Bus, count: int) -> dict[int, list[tuple[str, int]]]:
+    """partition -> (sku, seq) of each of its messages, in queue order (see ``taken``)."""
+    got = await taken(bus, count)
+    return {i: [(body["sku"], body["seq"]) for body, _ in items] for i, items in got.items()}
 
 
 def assert_in_their_partitions_in_order(
@@ -145,3 +153,23 @@ async def test_an_outbox_created_before_the_routing_key_is_upgraded(
     by_id = topology.bucket_of(old["message_id"]) % PARTITIONS
     assert (KEYS[0], 0) in got[by_id]
     assert (KEYS[0], 1) in got[partition_of(KEYS[0])]
+
+
+# -- by name: publish_json ----------------------------------------------------------------------
+
+
+async def test_publish_json_routes_by_the_key_given_or_read_from_the_payload(
+    make_bus: Buses,
+) -> None:
+    """publish_json with key=: by that key, whatever the payload says; without it, by the
+    payload's key field, this process having the keyed class of that name (Step)."""
+    bus = await make_bus()
+    await bus.declare(catalog())
+    await bus.publish_json("routes_test.step", {"sku": "SKU-1", "seq": 0})
+    await bus.publish_json("routes_test.step", {"sku": "SKU-2", "seq": 0}, key="SKU-5")
+    got = await taken(bus, 2)
+    routed = {
+        body["sku"]: (partition, key) for partition, items in got.items() for body, key in items
+    }
+    for sku, by in (("SKU-1", "SKU-1"), ("SKU-2", "SKU-5")):
+        assert routed[sku] == (partition_of(by), str(topology.bucket_of(by))), sku

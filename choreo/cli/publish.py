@@ -6,6 +6,11 @@ the JSON object as the body, ``content_type=application/json``, persistent, a ne
 exchange, ``mandatory``, confirmed by the broker. The payload is not validated against any
 model: consumers validate what they receive (an invalid one is dead-lettered).
 
+Its routing key is the bucket of ``--key``, the event's ordering key (the value of its
+``key=`` field), so a partitioned consumer gets it in that key's partition, in order with
+the key's other events; without ``--key`` the CLI, which loads no event classes, routes it
+by the bucket of its message id (some partition, no order with the key's other events).
+
 The exchange must exist (its consumers' ``choreo run``, or ``choreo topology --apply``,
 declares it): a forgotten ``--namespace`` would otherwise leave a stray exchange on the
 broker. ``--declare`` declares it when it is missing.
@@ -82,6 +87,15 @@ def publish(
     correlation_id: Annotated[
         str | None, typer.Option("--correlation-id", help="correlation_id of the message.")
     ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="The event's ordering key (the value of its key= field): partitioned "
+            "consumers get it in that key's partition, in order. Without it: routed by "
+            "its message id.",
+        ),
+    ] = None,
     declare: Annotated[
         bool,
         typer.Option(
@@ -100,6 +114,7 @@ def publish(
       choreo publish sku_received @report.json --namespace staging --correlation-id r-42
       echo '{"sku": "SKU-3"}' | choreo publish sku_processed @-
       choreo publish sku_received @report.json --namespace staging --declare
+      choreo publish sku_processed '{"sku": "SKU-3", "seq": 4}' --key SKU-3
 
     The message follows the wire contract (JSON body, persistent, message_id, timestamp,
     type=EVENT_NAME); the payload is not checked against any model. The event's exchange
@@ -122,7 +137,9 @@ def publish(
             async with bus:
                 if not declare and not await bus.transport.exchange_exists(exchange):
                     return None  # publish_json would declare it
-                return await bus.publish_json(event_name, fields, correlation_id=correlation_id)
+                return await bus.publish_json(
+                    event_name, fields, correlation_id=correlation_id, key=key
+                )
 
         try:
             message_id = asyncio.run(send())
