@@ -61,3 +61,9 @@ bench-saga: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Partitions (#14): ordered (8 partitions) vs unordered throughput on 1 and 2 processes with
+# a 1 ms CPU handler, and the rebalance after a kill -9. Needs RabbitMQ.
+.PHONY: bench-partitions
+bench-partitions: $(STAMP)
+	$(BIN)/python -m bench.partitions --n 8000 --runs 3 $(PARTITIONS_BENCH_ARGS)

@@ -76,6 +76,7 @@ def workers(tmp_path: Path, make_bus: Buses) -> Iterator[Processes]:
 
 def start(workers: Processes, name: str) -> int:
     args = ["-m", "choreo", "run", "tests.fixtures.ordered:ordered", "--log-level", "INFO"]
+    args += ["--partition-heartbeat", "0.5"]  # a process silent for 1.5 s is gone
     return workers.start(name, args).pid
 
 

@@ -40,6 +40,7 @@ class RunOptions:
     prefetch: int
     concurrency: int
     shutdown_timeout: float
+    partition_heartbeat: float
     max_message_size: int
     log_level: str
     log_format: str
@@ -82,6 +83,14 @@ def run(
     shutdown_timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to let handlers finish on SIGINT/SIGTERM.")
     ] = 30.0,
+    partition_heartbeat: Annotated[
+        float,
+        typer.Option(
+            min=0.05,
+            help="Seconds between the announcements by which the processes of a partitioned "
+            "service share its partitions; one silent for 3 of them is taken for gone.",
+        ),
+    ] = 1.0,
     max_message_size: Annotated[
         int, typer.Option(min=1, help="Bodies over this many bytes are dead-lettered unread.")
     ] = DEFAULT_MAX_MESSAGE_SIZE,
@@ -160,6 +169,7 @@ def serve(options: RunOptions) -> None:
             prefetch=options.prefetch,
             concurrency=options.concurrency,
             shutdown_timeout=options.shutdown_timeout,
+            partition_heartbeat=options.partition_heartbeat,
             max_message_size=options.max_message_size,
             connection_name=f"choreo run {','.join(s.name for s in services)}",
             observer=observer,
