@@ -13,7 +13,7 @@ import pytest
 from services.events import SkuReceived
 
 from .test_cli import ROOT, choreo_cmd
-from .test_cli_graph import DEMO, SHOP
+from .test_cli_graph import DEMO, ORDERED, SHOP
 
 REQUIRED = ("asyncapi", "info", "channels", "operations")
 
@@ -139,6 +139,51 @@ class TestDocument:
     def test_output_is_deterministic(self) -> None:
         """The same services in another order give the same document."""
         assert choreo_cmd("asyncapi", *DEMO).stdout == choreo_cmd("asyncapi", *DEMO[::-1]).stdout
+
+
+class TestPartitions:
+    def test_the_partition_exchange_is_a_channel_with_its_queues(self) -> None:
+        """A partitioned service: a channel for its partition exchange (direct, durable),
+        bound to each handled event's exchange, with its queues and their buckets; its
+        receive operations take their events from there, from its partition queues."""
+        document = asyncapi(*ORDERED, "--namespace", "ns")
+        validate(document)
+        channel = document["channels"]["ledger.partitions"]
+        assert channel["address"] == "ns.ledger.partitions"
+        exchange = channel["bindings"]["amqp"]["exchange"]
+        assert (exchange["name"], exchange["type"], exchange["durable"]) == (
+            "ns.ledger.partitions",
+            "direct",
+            True,
+        )
+        assert sorted(channel["messages"]) == ["graph_entry_audited", "graph_entry_posted"]
+        assert "crc32" in channel["description"]
+        partitions = channel["x-choreo-partitions"]
+        assert (partitions["count"], partitions["buckets"]) == (8, 1024)
+        assert partitions["boundTo"] == ["ns.graph_entry_audited", "ns.graph_entry_posted"]
+        assert partitions["queues"][0] == {
+            "name": "ns.ledger.p0",
+            "buckets": "b % 8 == 0",
+            "bindingKeys": "0, 8, 16, ... (128)",
+        }
+        assert [q["name"] for q in partitions["queues"]] == [f"ns.ledger.p{i}" for i in range(8)]
+        received = document["operations"]["ledger.receive.graph_entry_posted"]
+        assert received["channel"] == {"$ref": "#/channels/ledger.partitions"}
+        assert received["x-choreo-queues"] == [f"ns.ledger.p{i}" for i in range(8)]
+        assert "x-choreo-queue" not in received
+        sent = document["operations"]["bank.send.graph_entry_posted"]
+        assert sent["channel"] == {"$ref": "#/channels/graph_entry_posted"}
+
+    def test_a_keyed_event_names_its_key_field(self) -> None:
+        """The message of a keyed event carries its key field and how its routing key is
+        computed; an event without a key carries neither, nor does an unpartitioned demo."""
+        messages = asyncapi(*ORDERED)["components"]["messages"]
+        key = messages["graph_entry_posted"]["x-choreo-key"]
+        assert key["field"] == "account"
+        assert "bucket of str(account)" in key["routingKey"]
+        assert "x-choreo-key" not in messages["graph_entry_audited"]
+        demo = asyncapi(*DEMO)
+        assert not [c for c in demo["channels"] if c.endswith(".partitions")]
 
 
 class TestFiles:

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from choreo import Event, Service
+
 from .test_cli import choreo_cmd
 
 DEMO = [
@@ -17,6 +19,30 @@ DEMO = [
 SHOP = ["tests.fixtures.shop:orders", "tests.fixtures.shop:billing", "tests.fixtures.shop:mailer"]
 MISMATCH = "tests.fixtures.mismatch"
 LOOSE = "tests.fixtures.loose_ends"
+
+
+class Posted(Event, name="graph_entry_posted", key="account"):
+    account: str
+    cents: int
+
+
+class Audited(Event, name="graph_entry_audited"):
+    account: str
+
+
+BANK = Service("bank", emits=[Posted, Audited])
+LEDGER = Service("ledger", partitions=8)  # ordered per account
+
+
+@LEDGER.on(Posted)
+async def post(event: Posted) -> None: ...
+
+
+@LEDGER.on(Audited)
+async def audit(event: Audited) -> None: ...
+
+
+ORDERED = ["tests.test_cli_graph:LEDGER", "tests.test_cli_graph:BANK"]
 
 DEMO_MERMAID = """\
 flowchart LR
@@ -73,14 +99,25 @@ class TestGraph:
         billing = next(s for s in data["services"] if s["name"] == "billing")
         assert billing == {
             "name": "billing",
+            "partitions": None,
             "consumes": ["shop.order_placed"],
             "emits": ["invoice_sent"],
             "requests": ["get_price"],
             "responds": [],
         }
         assert data["events"] == [
-            {"name": "invoice_sent", "emitted_by": ["billing"], "consumed_by": ["mailer"]},
-            {"name": "shop.order_placed", "emitted_by": ["orders"], "consumed_by": ["billing"]},
+            {
+                "name": "invoice_sent",
+                "key": None,
+                "emitted_by": ["billing"],
+                "consumed_by": ["mailer"],
+            },
+            {
+                "name": "shop.order_placed",
+                "key": None,
+                "emitted_by": ["orders"],
+                "consumed_by": ["billing"],
+            },
         ]
         assert data["request_edges"] == [
             {
@@ -89,6 +126,39 @@ class TestGraph:
                 "request": "get_price",
                 "reply": "price",
             }
+        ]
+
+    def test_partitions_and_ordering_keys_are_shown(self) -> None:
+        """A partitioned service shows its partition count, a keyed event its ordering key,
+        in every format; an event without a key and an unpartitioned service stay bare."""
+        mermaid = choreo_cmd("graph", *ORDERED)
+        assert mermaid.returncode == 0, mermaid.stderr
+        assert mermaid.stdout == (
+            "flowchart LR\n"
+            '    s_bank["bank"]\n'
+            '    s_ledger["ledger (8 partitions)"]\n'
+            '    e_graph_entry_audited{{"graph_entry_audited"}}\n'
+            '    e_graph_entry_posted{{"graph_entry_posted (key: account)"}}\n'
+            "    s_bank --> e_graph_entry_audited\n"
+            "    e_graph_entry_audited --> s_ledger\n"
+            "    s_bank --> e_graph_entry_posted\n"
+            "    e_graph_entry_posted --> s_ledger\n"
+        )
+        dot = choreo_cmd("graph", *ORDERED, "-f", "dot").stdout.splitlines()
+        assert '    "service:ledger" [label="ledger (8 partitions)", shape=box];' in dot
+        assert '    "service:bank" [label="bank", shape=box];' in dot
+        assert (
+            '    "event:graph_entry_posted" [label="graph_entry_posted (key: account)", '
+            "shape=hexagon];"
+        ) in dot
+        data = json.loads(choreo_cmd("graph", *ORDERED, "-f", "json").stdout)
+        assert [(s["name"], s["partitions"]) for s in data["services"]] == [
+            ("bank", None),
+            ("ledger", 8),
+        ]
+        assert [(e["name"], e["key"]) for e in data["events"]] == [
+            ("graph_entry_audited", None),
+            ("graph_entry_posted", "account"),
         ]
 
     def test_a_request_nobody_answers_points_to_no_responder(self) -> None:

@@ -3,6 +3,11 @@
 * one channel per event exchange (``address`` = the exchange name, fanout and durable in
   ``bindings.amqp``), one for the requests exchange (direct) and one for replies (their
   address is each request's ``reply_to``, so it is ``null``: dynamic);
+* one channel ``<service>.partitions`` per partitioned service: its partition exchange,
+  with the routing key (the bucket) and its queues ``p<i>`` and their buckets in
+  ``x-choreo-partitions``; the service's receive operations use it;
+* an event with an ordering key (``Event`` ``key=``) names its field and how its routing
+  key is computed in ``x-choreo-key`` of its message;
 * operations: ``<service>.receive.<event>`` per handler, ``<service>.send.<event>`` per
   emitted event, ``<service>.respond.<request>`` per responder and
   ``<service>.request.<request>`` per request sent, with their replies;
@@ -23,6 +28,7 @@ from typing import Any
 from .. import topology, wire
 from ..errors import ConfigurationError
 from ..events import Event
+from ..transports.base import QueueSpec
 from .graph import Choreography
 
 __all__ = ["ASYNCAPI_VERSION", "FORMATS", "dump", "generate"]
@@ -33,6 +39,12 @@ REQUESTS_CHANNEL = "choreo.requests"
 REPLIES_CHANNEL = "choreo.replies"
 HEADERS_SCHEMA = "choreo.headers"
 FORMATS = ("json", "yaml")
+# AsyncAPI specification extensions of choreo's own (document keys, not message headers,
+# which wire.py names): where a partitioned service's events wait, and an event's key
+_EXTENSION = "x-choreo-"
+PARTITIONS_EXTENSION = _EXTENSION + "partitions"
+QUEUES_EXTENSION = _EXTENSION + "queues"
+KEY_EXTENSION = _EXTENSION + "key"
 
 
 def _ref(*path: str) -> dict[str, str]:
@@ -76,19 +88,23 @@ def generate(
             "address": exchange,
             "title": event,
             "description": f"Durable fanout exchange of {event!r}: every consuming service's "
-            "queue is bound to it.",
+            "queue (a partitioned service's partition exchange) is bound to it.",
             "messages": {event: _ref("components", "messages", event)},
             "bindings": _amqp({"is": "routingKey", "exchange": _exchange(exchange, "fanout")}),
         }
         _message(components, graph, event)
         for service in graph.who("consumes", event):
+            channel = event
+            where: dict[str, Any] = {"x-choreo-queue": topology.queue_name(namespace, service)}
+            if graph.partitions(service):
+                channel, where = _partitions(channels, graph, service, namespace)
             operations[f"{service}.receive.{event}"] = {
                 "action": "receive",
-                "channel": _ref("channels", event),
-                "messages": [_ref("channels", event, "messages", event)],
+                "channel": _ref("channels", channel),
+                "messages": [_ref("channels", channel, "messages", event)],
                 "summary": f"{service} handles {event}",
                 "bindings": _amqp({"ack": True}),
-                "x-choreo-queue": topology.queue_name(namespace, service),
+                **where,
             }
         for service in graph.who("emits", event):
             operations[f"{service}.send.{event}"] = {
@@ -101,6 +117,46 @@ def generate(
     if graph.requests:
         _requests(document, graph, namespace)
     return document
+
+
+def _partitions(
+    channels: dict[str, Any], graph: Choreography, name: str, namespace: str
+) -> tuple[str, dict[str, Any]]:
+    """The channel of the partition exchange of service ``name`` (added once), and where
+    its receive operations take their events from."""
+    service = next(s for s in graph.services if s.name == name)
+    count = service.partitions or 1
+    dlq = topology.dlq_name(namespace, name)
+    plan = topology.partition_plan(service, namespace, dlq)
+    (exchange, kind), queues = plan.exchanges[0], plan.queues
+    channel = f"{name}.partitions"
+    channels.setdefault(channel, {
+        "address": exchange,
+        "title": f"{name} partitions",
+        "description": f"Durable {kind} exchange of the {count} partitions of {name!r}, "
+        "bound to the exchange of each event it handles. An event's routing key is its "
+        f"bucket: crc32 of the UTF-8 of str(its ordering key) % {topology.BUCKETS}, in "
+        f"decimal (of its message_id when it has no key). Queue p<i> is bound with the "
+        f"bucket keys b where b % {count} == i and has one active consumer at a time "
+        "(x-single-active-consumer): the events of one key are handled in publish order.",
+        "messages": {e: _ref("components", "messages", e) for e in graph.of(name, "consumes")},
+        "bindings": _amqp({"is": "routingKey", "exchange": _exchange(exchange, kind)}),
+        PARTITIONS_EXTENSION: {
+            "count": count,
+            "buckets": topology.BUCKETS,
+            "boundTo": sorted(source for _, source, _ in plan.exchange_bindings),
+            "queues": [
+                {"name": q.name, "buckets": f"b % {count} == {i}", "bindingKeys": _keys(q)}
+                for i, q in enumerate(queues)
+            ],
+        },
+    })  # fmt: skip
+    return channel, {QUEUES_EXTENSION: [queue.name for queue in queues]}
+
+
+def _keys(queue: QueueSpec) -> str:
+    keys = [key for _, key in queue.bindings]
+    return ", ".join(keys[:3]) + (f", ... ({len(keys)})" if len(keys) > 3 else "")
 
 
 def _requests(document: dict[str, Any], graph: Choreography, namespace: str) -> None:
@@ -177,6 +233,13 @@ def _message(components: dict[str, Any], graph: Choreography, name: str) -> None
         "payload": _ref("components", "schemas", name),
         "bindings": _amqp({"messageType": name}),
     }
+    key = graph.key_of(name)
+    if key is not None:
+        message[KEY_EXTENSION] = {
+            "field": key,
+            "routingKey": f"the bucket of str({key}): crc32 of its UTF-8 % {topology.BUCKETS}, "
+            "in decimal; partitioned consumers handle the events of one key in order",
+        }
     doc = (event_type.__doc__ or "").strip()
     if doc and event_type.__doc__ != Event.__doc__:
         message["summary"] = doc.splitlines()[0]

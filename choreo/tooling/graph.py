@@ -2,7 +2,9 @@
 
 :func:`choreography` collects what services declare: the events their handlers consume,
 the events they emit (``emits=``), the requests they send (``requests=``) and answer
-(``@responds``, with the reply type its return annotation names). Renderers turn it into
+(``@responds``, with the reply type its return annotation names), with the partition count
+of a partitioned service and the ordering key (``Event`` ``key=``) of an event. Renderers
+turn it into
 Mermaid, Graphviz DOT or JSON; every listing is sorted, so the output of the same code is
 the same text every time (fit for a diff in review, or a file checked into a repository).
 """
@@ -115,6 +117,25 @@ class Choreography:
                     edges.append(RequestEdge(requester, responder, request, reply))
         return edges
 
+    def partitions(self, service: str) -> int | None:
+        """The partition count of ``service`` (``Service(partitions=N)``), or ``None``."""
+        found = next((s for s in self.services if s.name == service), None)
+        return found.partitions if found is not None and found.handlers else None
+
+    def key_of(self, name: str) -> str | None:
+        """The ordering key field of the event ``name`` (``Event`` ``key=``), or ``None``;
+        classes of one name that disagree: their keys, sorted, joined with ``|``."""
+        keys = sorted({t.__event_key__ for t in self.types(name) if t.__event_key__})
+        return " | ".join(keys) or None
+
+    def service_label(self, service: str) -> str:
+        count = self.partitions(service)
+        return f"{service} ({count} partitions)" if count else service
+
+    def event_label(self, name: str) -> str:
+        key = self.key_of(name)
+        return f"{name} (key: {key})" if key else name
+
     def types(self, name: str) -> list[type[Event]]:
         """The distinct classes declared under ``name``, sorted by qualified name."""
         found = {u.event_type for u in self.uses if u.name == name}
@@ -178,6 +199,7 @@ def to_json(graph: Choreography) -> dict[str, Any]:
         "services": [
             {
                 "name": name,
+                "partitions": graph.partitions(name),
                 "consumes": graph.of(name, "consumes"),
                 "emits": graph.of(name, "emits"),
                 "requests": graph.of(name, "requests"),
@@ -191,6 +213,7 @@ def to_json(graph: Choreography) -> dict[str, Any]:
         "events": [
             {
                 "name": event,
+                "key": graph.key_of(event),
                 "emitted_by": graph.who("emits", event),
                 "consumed_by": graph.who("consumes", event),
             }
@@ -231,13 +254,14 @@ def _ids(prefix: str, names: Iterable[str]) -> dict[str, str]:
 
 
 def to_mermaid(graph: Choreography) -> str:
-    """A Mermaid flowchart: services are boxes, events hexagons (their fanout exchanges),
-    requests dotted arrows from requester to responder."""
+    """A Mermaid flowchart: services are boxes (a partitioned one with its partition count),
+    events hexagons (their fanout exchanges; a keyed one with its ordering key), requests
+    dotted arrows from requester to responder."""
     services = _ids("s", graph.service_names)
     events = _ids("e", graph.events)
     lines = ["flowchart LR"]
-    lines += [f'    {node}["{name}"]' for name, node in services.items()]
-    lines += [f'    {node}{{{{"{name}"}}}}' for name, node in events.items()]
+    lines += [f'    {node}["{graph.service_label(name)}"]' for name, node in services.items()]
+    lines += [f'    {node}{{{{"{graph.event_label(name)}"}}}}' for name, node in events.items()]
     for event, node in events.items():
         lines += [f"    {services[s]} --> {node}" for s in graph.who("emits", event)]
         lines += [f"    {node} --> {services[s]}" for s in graph.who("consumes", event)]
@@ -253,8 +277,10 @@ def to_mermaid(graph: Choreography) -> str:
 def to_dot(graph: Choreography) -> str:
     """A Graphviz digraph, same shapes as the Mermaid one (``dot -Tsvg`` draws it)."""
     lines = ["digraph choreography {", "    rankdir=LR;"]
-    lines += [f'    "service:{n}" [label="{n}", shape=box];' for n in graph.service_names]
-    lines += [f'    "event:{n}" [label="{n}", shape=hexagon];' for n in graph.events]
+    for name in graph.service_names:
+        lines.append(f'    "service:{name}" [label="{graph.service_label(name)}", shape=box];')
+    for name in graph.events:
+        lines.append(f'    "event:{name}" [label="{graph.event_label(name)}", shape=hexagon];')
     for event in graph.events:
         lines += [f'    "service:{s}" -> "event:{event}";' for s in graph.who("emits", event)]
         lines += [f'    "event:{event}" -> "service:{s}";' for s in graph.who("consumes", event)]
