@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from choreo import topology
 from services.events import SkuReceived
 
 from .test_cli import ROOT, choreo_cmd
-from .test_cli_graph import DEMO, ORDERED, SHOP
+from .test_cli_graph import DEMO, LEDGER, ORDERED, SHOP
 
 REQUIRED = ("asyncapi", "info", "channels", "operations")
 
@@ -161,11 +162,14 @@ class TestPartitions:
         partitions = channel["x-choreo-partitions"]
         assert (partitions["count"], partitions["buckets"]) == (8, 1024)
         assert partitions["boundTo"] == ["ns.graph_entry_audited", "ns.graph_entry_posted"]
+        plan = topology.partition_plan(LEDGER, "ns", "ns.ledger.dlq")  # the keys' spelling
+        keys = [key for _, key in plan.queues[0].bindings]
         assert partitions["queues"][0] == {
             "name": "ns.ledger.p0",
             "buckets": "b % 8 == 0",
-            "bindingKeys": "0, 8, 16, ... (128)",
+            "bindingKeys": f"{keys[0]}, {keys[1]}, {keys[2]}, ... (128)",
         }
+        assert len(keys) == 128
         assert [q["name"] for q in partitions["queues"]] == [f"ns.ledger.p{i}" for i in range(8)]
         received = document["operations"]["ledger.receive.graph_entry_posted"]
         assert received["channel"] == {"$ref": "#/channels/ledger.partitions"}
