@@ -26,6 +26,24 @@ been published there. The message carries ``x-choreo-exchange`` (its destination
 consumers dispatch it as coming through that exchange, and the broker's ``x-death``
 entries of the levels it waited in.
 
+**Partitions.** The routing key a partitioned service's direct exchange routes by, the
+event's bucket (``topology.routing_key_of``: of its ordering key, else of its message
+id), travels as a second routing key: the header ``BCC: [<bucket>]`` (RabbitMQ's
+sender-selected distribution, 3.10 to 4.x; the in-memory broker does the same). RabbitMQ
+routes a message by every one of its keys at every exchange it passes through, keeps them
+all when a queue without ``x-dead-letter-routing-key`` dead-letters it, and delivers no
+``BCC`` header. One word matches no binding of the levels below 20 nor of the delivery
+exchange, so the bucket rides along unused until the event's fanout exchange hands the
+message to the partition exchanges, where it is the key that matches. The delay's key is
+unchanged: messages in flight from before, or from publishers without ``BCC``, still
+reach the unpartitioned services, not the partitioned ones. At level 20, ``1.#`` and
+``0.#`` match the words ``1`` and ``0``: a message with a ``BCC`` must start at the level
+of its delay's highest bit (as choreo's do), and the bucket ``0`` cannot start at level
+20 (it would also go down the levels as if bit 20 were 0): a keyed event of bucket 0
+delayed 2**20 s or more is a ``ConfigurationError`` (use a store), one without a key
+takes bucket 1 instead. A delayed event is in its key's order by when it is **delivered**
+(when it reaches its partition queue), not by when it was published.
+
 Twenty-two exchanges and 21 queues per namespace, whatever the delays and however many:
 declared (durable) by the first delayed publish of each connection, idempotently. The
 destination's binding is made by the first delayed publish of each event.

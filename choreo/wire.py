@@ -45,8 +45,9 @@ from .transports.base import Message
 
 # fmt: off
 __all__ = [
-    "ATTEMPTS_HEADER", "ATTEMPT_HEADER", "CAUSATION_HEADER", "CONTENT_TYPE", "CRASHES_HEADER",
-    "DEATH_HEADER", "ERROR_MESSAGE_HEADER", "ERROR_TYPE", "ERROR_TYPE_HEADER", "EVENT_HEADER",
+    "ATTEMPTS_HEADER", "ATTEMPT_HEADER", "BCC_HEADER", "CAUSATION_HEADER", "CONTENT_TYPE",
+    "CRASHES_HEADER", "DEATH_HEADER", "ERROR_MESSAGE_HEADER", "ERROR_TYPE", "ERROR_TYPE_HEADER",
+    "EVENT_HEADER",
     "EXCHANGE_HEADER", "FAILED_AT_HEADER", "HANDED_BACK_HEADER", "MAX_ERROR_MESSAGE",
     "MAX_TRACEBACK", "NAME_RE", "PREVIEW", "SANITIZED_HEADER", "SERVICE_HEADER", "SOURCE_HEADER",
     "TRACEBACK_HEADER", "DeadLetter", "Undecodable", "attempt_of", "causation_of", "check_name",
@@ -67,6 +68,7 @@ CRASHES_HEADER = "x-choreo-crashes"
 HANDED_BACK_HEADER = "x-choreo-handed-back"  # times processes without its handler gave it back
 EXCHANGE_HEADER = "x-choreo-exchange"  # a handed-back copy's exchange, a delayed message's
 DEATH_HEADER = "x-death"  # RabbitMQ's: why the broker dead-lettered a message
+BCC_HEADER = "BCC"  # RabbitMQ's: more routing keys, not delivered (a delayed message's bucket)
 ERROR_TYPE_HEADER = "x-choreo-error-type"
 ERROR_MESSAGE_HEADER = "x-choreo-error-message"
 TRACEBACK_HEADER = "x-choreo-traceback"

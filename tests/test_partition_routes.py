@@ -7,6 +7,7 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,9 +16,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from choreo import Bus, Context, Event, Service, topology, wire
+from choreo import Bus, ConfigurationError, Context, Event, Service, topology, wire
+from choreo._runtime.delays import _bucket
+from choreo.delay import LEVELS
 from choreo.sql import Store
 from choreo.sql.tables import OUTBOX
+from choreo.transports.base import Message
 
 from .conftest import Buses
 from .helpers import WAIT
@@ -173,3 +177,85 @@ async def test_publish_json_routes_by_the_key_given_or_read_from_the_payload(
     }
     for sku, by in (("SKU-1", "SKU-1"), ("SKU-2", "SKU-5")):
         assert routed[sku] == (partition_of(by), str(topology.bucket_of(by))), sku
+
+
+# -- delayed through the broker's delay levels ----------------------------------------------
+
+
+def audit() -> Service:
+    """An unpartitioned consumer of Step: its one queue gets every Step."""
+    service = Service("audit")
+
+    @service.on(Step)
+    async def step(event: Step) -> None: ...
+
+    return service
+
+
+async def test_a_delayed_keyed_event_reaches_its_keys_partition(make_bus: Buses) -> None:
+    """Steps delayed 1 and 2 s reach the partition queue of their key's bucket, carried by a
+    BCC routing key through the levels (not delivered: no BCC header arrives), and once the
+    unpartitioned queue; a delayed message in the old form (no BCC: in flight from before,
+    or a foreign publisher's) still reaches the unpartitioned queue, and no partition."""
+    bus = await make_bus()
+    await bus.declare(catalog(), audit())
+    await bus.publish(Step(sku="SKU-1", seq=0), delay=1)
+    await bus.publish(Step(sku="SKU-2", seq=0), delay=2)
+    passed_on = {wire.BCC_HEADER: ["5"]}  # a BCC from elsewhere is replaced by the bucket's
+    await bus.publish(Step(sku="SKU-3", seq=0), delay=1, headers=passed_on)
+    exchange = topology.exchange_name(bus.namespace, "routes_test.step")
+    old = wire.encode(Step(sku="SKU-4", seq=0))
+    old.headers[wire.EXCHANGE_HEADER] = exchange
+    level = topology.delay_level_name(bus.namespace, 0)
+    await bus.transport.publish(old, level, topology.delay_routing_key(1, exchange), mandatory=True)
+    got = await taken(bus, 3, timeout=10)
+    routed = {body["sku"]: partition for partition, items in got.items() for body, _ in items}
+    assert routed == {sku: partition_of(sku) for sku in ("SKU-1", "SKU-2", "SKU-3")}
+    audit_queue = topology.queue_name(bus.namespace, "audit")
+    async with asyncio.timeout(WAIT):
+        while await bus.transport.queue_size(audit_queue) < 4:
+            await asyncio.sleep(0.05)
+    async with bus.transport.fetch(audit_queue, 10) as deliveries:
+        skus = sorted(json.loads(d.message.body)["sku"] for d in deliveries)
+        assert skus == ["SKU-1", "SKU-2", "SKU-3", "SKU-4"]
+        for delivery in deliveries:
+            assert wire.BCC_HEADER not in delivery.message.headers
+            assert delivery.message.headers[wire.EXCHANGE_HEADER] == exchange
+            await delivery.ack()
+
+
+def bucket_zero(prefix: str) -> str:
+    return next(
+        f"{prefix}{i}" for i in itertools.count() if topology.bucket_of(f"{prefix}{i}") == 0
+    )
+
+
+async def test_bucket_0_does_not_start_at_level_20(make_bus: Buses) -> None:
+    """Why: level 20's "0.#" binding (the skip of a delay under 2**20 s) matches the BCC
+    key "0", and RabbitMQ routes every key of a message at every exchange it reaches, so
+    a message of bucket 0 published to level 20 also goes down the levels as if its bit
+    20 were 0 (2**20 s: delivered at once). So a keyed event of bucket 0 delayed that
+    long is refused, before anything is declared, and one without a key takes bucket 1."""
+    bus = await make_bus()
+    await bus.declare(audit())
+    exchange = topology.exchange_name(bus.namespace, "routes_test.step")
+    await bus.publish(Step(sku="SKU-1", seq=0), delay=1)  # declares the levels
+    async with asyncio.timeout(WAIT):
+        while await bus.transport.queue_size(topology.queue_name(bus.namespace, "audit")) < 1:
+            await asyncio.sleep(0.05)
+    raw = wire.encode(Step(sku="SKU-9", seq=0))
+    raw.headers.update({wire.EXCHANGE_HEADER: exchange, wire.BCC_HEADER: ["0"]})
+    level = topology.delay_level_name(bus.namespace, LEVELS - 1)
+    key = topology.delay_routing_key(1 << (LEVELS - 1), exchange)
+    await bus.transport.publish(raw, level, key, mandatory=True)
+    async with asyncio.timeout(WAIT):  # delivered now, though it also waits 2**20 s in level 20
+        while await bus.transport.queue_size(topology.queue_name(bus.namespace, "audit")) < 2:
+            await asyncio.sleep(0.05)
+    assert await bus.transport.queue_size(level) == 1
+
+    with pytest.raises(ConfigurationError, match="bucket is 0; publish it through a store"):
+        await bus.publish(Step(sku=bucket_zero("SKU-"), seq=0), delay=1 << (LEVELS - 1))
+    await bus.publish(Step(sku=bucket_zero("SKU-"), seq=0), delay=(1 << (LEVELS - 1)) - 1)
+    unkeyed = Message(b"{}", message_id=bucket_zero("id-"), type="routes_test.kick")
+    assert _bucket(unkeyed, 1 << (LEVELS - 1)) == "1"
+    assert _bucket(unkeyed, (1 << (LEVELS - 1)) - 1) == "0"

@@ -11,7 +11,8 @@ import asyncio
 import time
 
 from .. import topology, wire
-from ..errors import Unroutable
+from ..delay import LEVELS
+from ..errors import ConfigurationError, Unroutable
 from ..events import Event, ordering_key_of
 from ..observability import tracing
 from ..observability.observer import Observer
@@ -58,8 +59,10 @@ class DelayLevels:
 
     async def publish(self, message: Message, seconds: int) -> str:
         """Publish ``message`` (an encoded event) so that it reaches its exchange in
-        ``seconds`` (1 to ``delay.MAX_DELAY``); return its message id once confirmed."""
+        ``seconds`` (1 to ``delay.MAX_DELAY``); return its message id once confirmed. Its
+        bucket travels as a ``BCC`` routing key, so it reaches partition queues too."""
         name = message.type or ""
+        bucket = _bucket(message, seconds)
         if tracing.ENABLED:
             tracing.inject(message.headers)
         declarer = self._declarer
@@ -72,6 +75,7 @@ class DelayLevels:
         # the broker's x-death entries of another cascade (headers a handler passed on)
         # would make it take a level it dies into again for a cycle, and drop the message
         message.headers.pop(wire.DEATH_HEADER, None)
+        message.headers[wire.BCC_HEADER] = [bucket]  # replaces one passed on in headers=
         first = topology.delay_level_name(self._namespace, seconds.bit_length() - 1)
         key = topology.delay_routing_key(seconds, exchange)
         started = time.perf_counter()
@@ -112,3 +116,21 @@ class DelayLevels:
     def reset(self) -> None:
         """Declare the levels again on the next delayed publish (a new connection)."""
         self._ready = None
+
+
+def _bucket(message: Message, seconds: int) -> str:
+    """The bucket a delayed message carries (in ``BCC``): of its ordering key, else of its
+    message id. Bucket 0 cannot start at level 20 (2**20 s or more): the level's ``0.#``
+    binding would match it and send the message down, as well, as if that level's bit
+    were 0 (``delay.py``); a keyed event is refused, one without a key takes bucket 1."""
+    key = ordering_key_in(message)
+    bucket = topology.routing_key_of(key, message.message_id)
+    if bucket != "0" or seconds < 1 << (LEVELS - 1):
+        return bucket
+    if key is None:
+        return "1"  # no order to keep: any bucket will do
+    raise ConfigurationError(
+        f"a delay of {seconds} s (2**{LEVELS - 1} s or more) cannot go through the broker's "
+        f"delay levels for ordering key {key!r}, whose bucket is 0; publish it through a "
+        "store (choreo.sql.Store: tx.publish(event, delay=...))"
+    )

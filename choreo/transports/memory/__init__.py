@@ -13,8 +13,10 @@ direct reply-to. Publishing to an exchange that was never declared fails, as it 
 RabbitMQ. A queue's dead-letter arguments apply as on RabbitMQ: a message that expires, is
 rejected without requeue, or (quorum) comes back more than ``x-delivery-limit`` times goes
 to the dead-letter exchange with an ``x-death`` header, except into a queue it already died
-in with no rejection since (RabbitMQ's cycle check). Unlike RabbitMQ over AMQP, it lists a
-queue's bindings (:meth:`MemoryTransport.bindings`).
+in with no rejection since (RabbitMQ's cycle check). The ``CC`` and ``BCC`` headers add
+routing keys (sender-selected distribution: ``BCC`` is not delivered), which the message
+keeps when dead-lettered unless the queue sets the dead-letter routing key. Unlike
+RabbitMQ over AMQP, it lists a queue's bindings (:meth:`MemoryTransport.bindings`).
 """
 
 from __future__ import annotations

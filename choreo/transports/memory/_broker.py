@@ -10,6 +10,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from ...errors import ConfigurationError, PublishError, Unroutable
 from ..base import (
@@ -36,6 +37,7 @@ class Item:
     redelivered: bool = False
     deadline: float | None = None  # monotonic seconds: its per-message expiration
     returns: int = 0  # times it came back to the queue unsettled (quorum delivery-count)
+    also: tuple[str, ...] = ()  # its CC and BCC routing keys (sender-selected distribution)
 
 
 class Queue:
@@ -103,7 +105,7 @@ class Queue:
             "queue": self.name,
             "count": 1,
             "exchange": item.exchange,
-            "routing-keys": [item.routing_key],
+            "routing-keys": [item.routing_key, *_routes(message.headers, ("CC",))],  # not BCC
             "time": int(time.time()),
         }
         previous = message.headers.get("x-death")
@@ -111,10 +113,12 @@ class Queue:
         copy = dataclasses.replace(
             message, headers={**message.headers, "x-death": deaths}, expiration=None
         )
-        routing_key = item.routing_key if key is None else key
+        if key is not None:  # the queue's key replaces all of its keys, CC and BCC too
+            copy.headers.pop("CC", None)
         if exchange and exchange not in self.broker.exchanges:
             return  # RabbitMQ drops what it would dead-letter to a missing exchange
-        self.broker.publish(copy, exchange, routing_key, False, dead_lettered=reason)
+        keys = (item.routing_key, item.also) if key is None else (key, ())
+        self.broker.publish(copy, exchange, keys[0], False, dead_lettered=reason, also=keys[1])
 
     def give_back(self, item: Item, *, dispatch: bool = True) -> None:
         """An unsettled message returns to the head of the queue, flagged as redelivered;
@@ -164,6 +168,11 @@ def topic_matches(binding_key: str, routing_key: str) -> bool:
                 reach[j] = reach[j - 1] and token in ("*", words[j - 1])
             reach[0] = False
     return reach[-1]
+
+
+def _routes(headers: dict[str, Any], names: tuple[str, ...] = ("CC", "BCC")) -> tuple[str, ...]:
+    """The routing keys the ``CC`` and ``BCC`` headers add (arrays of strings)."""
+    return tuple(str(k) for n in names if isinstance(headers.get(n), list) for k in headers[n])
 
 
 def _cycle(queue: str, deaths: list[object]) -> bool:
@@ -251,18 +260,20 @@ class MemoryBroker:
         mandatory: bool,
         *,
         dead_lettered: str | None = None,
+        also: tuple[str, ...] | None = None,
     ) -> None:
         """Route ``message`` into queues (or a reply address). ``dead_lettered``: the reason
         a queue dead-letters it; as RabbitMQ does, a queue that would close a cycle of
-        deaths without a rejection in it does not get it."""
+        deaths without a rejection in it does not get it; ``also``: its CC and BCC keys."""
+        also = _routes(message.headers) if also is None else also
         if exchange == "":  # the default exchange: a queue, or a reply address, by name
             reply = self.reply_addresses.get(routing_key)
             if reply is not None:
                 reply(message)
                 return
-            targets = [routing_key] if routing_key in self.queues else []
+            targets = [key for key in dict.fromkeys((routing_key, *also)) if key in self.queues]
         elif exchange in self.exchanges:
-            targets = self.route(exchange, routing_key)
+            targets = self.route(exchange, routing_key, also)
         else:
             raise PublishError(f"no exchange {exchange!r} on the in-memory broker")
         deaths = message.headers.get("x-death")
@@ -272,22 +283,23 @@ class MemoryBroker:
             raise Unroutable(f"no queue is bound for {routing_key or exchange!r}")
         deadline = None if message.expiration is None else time.monotonic() + message.expiration
         for name in targets:
-            copy = dataclasses.replace(message, headers=dict(message.headers))
-            self.queues[name].put(Item(copy, exchange, routing_key, deadline=deadline))
+            headers = {k: v for k, v in message.headers.items() if k != "BCC"}
+            copy = dataclasses.replace(message, headers=headers)
+            self.queues[name].put(Item(copy, exchange, routing_key, deadline=deadline, also=also))
 
-    def route(self, exchange: str, routing_key: str) -> list[str]:
-        """The queues ``exchange`` routes ``routing_key`` to, through exchange-to-exchange
-        bindings too: as on RabbitMQ, each exchange is visited once and each queue gets
-        one copy, however many paths lead to it."""
+    def route(self, exchange: str, routing_key: str, also: tuple[str, ...] = ()) -> list[str]:
+        """The queues ``exchange`` routes ``routing_key`` (and the keys ``also``) to, through
+        exchange-to-exchange bindings too: as on RabbitMQ, each exchange is visited once,
+        routing all the keys, and each queue gets one copy, however many paths lead to it."""
         queues: set[str] = set()
-        seen, pending = {exchange}, [exchange]
+        seen, pending, keys = {exchange}, [exchange], (routing_key, *also)
         while pending:
             found = self.exchanges.get(pending.pop())
             if found is None:
                 continue
-            queues.update(q for q, key in found.bindings if found.routes(key, routing_key))
+            queues.update(q for q, b in found.bindings if any(found.routes(b, k) for k in keys))
             for destination, key in found.exchanges:
-                if destination not in seen and found.routes(key, routing_key):
+                if destination not in seen and any(found.routes(key, k) for k in keys):
                     seen.add(destination)
                     pending.append(destination)
         return sorted(queues)
