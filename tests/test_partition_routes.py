@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from choreo import Bus, ConfigurationError, Context, Event, Service, topology, wire
-from choreo._runtime.delays import _bucket
+from choreo._runtime.delays import _bucket, ordering_key_in
 from choreo.delay import LEVELS
 from choreo.sql import Store
 from choreo.sql.tables import OUTBOX
@@ -259,3 +259,20 @@ async def test_bucket_0_does_not_start_at_level_20(make_bus: Buses) -> None:
     unkeyed = Message(b"{}", message_id=bucket_zero("id-"), type="routes_test.kick")
     assert _bucket(unkeyed, 1 << (LEVELS - 1)) == "1"
     assert _bucket(unkeyed, (1 << (LEVELS - 1)) - 1) == "0"
+
+
+def test_the_key_is_read_back_through_classes_defined_after_the_first_lookup() -> None:
+    """ordering_key_in finds a keyed class defined after it last looked, under a base of
+    its own (Event's direct subclasses unchanged), and validates the body as it."""
+
+    class Base(Event):
+        pass
+
+    assert ordering_key_in(wire.encode(Base())) is None
+
+    class Late(Base, name="routes_test.late", key="code"):
+        code: int
+
+    assert ordering_key_in(wire.encode(Late(code=7))) == "7"
+    wrong = Message(b'{"code": "not a number"}', message_id="m1", type="routes_test.late")
+    assert ordering_key_in(wrong) is None  # consumers dead-letter it; routed by message id

@@ -30,16 +30,18 @@ def ordering_key_in(message: Message) -> str | None:
     its body validated as the class of its name (``type``) that has ``key=``, among the
     classes this process defined. None when no such class is loaded (a foreign event) or
     the body is not one (consumers dead-letter it): routed by its message id then."""
-    if len(Event.__subclasses__()) != _INDEXED[0]:  # classes were defined (or collected)
+    name = message.type or ""
+    if name not in _KEYED or len(Event.__subclasses__()) != _INDEXED[0]:  # new classes?
         _KEYED.clear()
         _INDEXED[0] = len(Event.__subclasses__())
         pending: list[type[Event]] = [Event]
         while pending:
             for cls in pending.pop().__subclasses__():
                 pending.append(cls)
-                if cls.__event_key__ is not None and "__event_name__" in vars(cls):
-                    _KEYED.setdefault(cls.__event_name__, []).append(cls)
-    for cls in _KEYED.get(message.type or "", ()):
+                if "__event_name__" in vars(cls):  # every name, with its keyed classes
+                    keyed = _KEYED.setdefault(cls.__event_name__, [])
+                    keyed += [cls] if cls.__event_key__ is not None else []
+    for cls in _KEYED.get(name, ()):
         try:
             return ordering_key_of(cls.model_validate_json(message.body))
         except ValueError:  # pydantic's ValidationError: not this class
