@@ -134,6 +134,20 @@ async def test_the_outbox_routes_keyed_events_to_their_partition_in_order(
     assert keys == {str(topology.bucket_of(sku)) for sku in KEYS}  # stored with each row
 
 
+async def test_a_delayed_outbox_row_goes_to_its_keys_partition_when_due(
+    make_bus: Buses, store: Store
+) -> None:
+    """tx.publish(delay=1): the relay publishes the row once due, by its key's bucket."""
+    consumer = await make_bus()
+    await consumer.declare(catalog())
+    await (await make_bus(stores=[store])).open()
+    async with store.transaction() as tx:
+        for sku in KEYS:
+            await tx.publish(Step(sku=sku, seq=0), delay=1)
+    got = await partition_contents(consumer, len(KEYS))
+    assert_in_their_partitions_in_order(got, KEYS, 1)
+
+
 async def test_an_outbox_created_before_the_routing_key_is_upgraded(
     make_bus: Buses, store: Store
 ) -> None:
