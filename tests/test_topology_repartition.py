@@ -112,11 +112,10 @@ def lines(text: str, prefix: str) -> list[str]:
 
 def forget_later(make_bus: Buses) -> None:
     ns = make_bus.namespace
-    for count in (4, 8):
+    for count in (4, 8, None):
         plan = topology.plan([_service(count)], ns)
         make_bus.extra_queues |= {queue.name for queue in plan.queues}
         make_bus.extra_exchanges |= {name for name, _ in plan.exchanges}
-    make_bus.extra_queues.add(f"{ns}.stock")
 
 
 async def publish_one_per_partition(bus: choreo.Bus, count: int) -> dict[str, int]:
