@@ -210,6 +210,11 @@ def plan(
             partitioned = partition_plan(service, namespace, dlq, **options)
             exchanges.update(partitioned.exchanges)
             queues.extend(partitioned.queues)
+            queues.extend(
+                service_queue(suspect_queue_name(partition.name), dlq, **options)
+                for partition in partitioned.queues
+            )
+            exchanges[presence_exchange_name(namespace, service.name)] = FANOUT
             exchange_bindings.extend(partitioned.exchange_bindings)
         elif service.handlers:
             queue = queue_name(namespace, service.name)
@@ -329,7 +334,7 @@ def delay_plan(namespace: str) -> Topology:
 
 # -- partition presence (see _runtime/presence.py) ------------------------------------------
 
-PRESENCE_EXPIRES = 60_000  # ms a presence queue outlives its process (x-expires)
+PRESENCE_EXPIRES = 10_000  # ms a presence queue outlives its process (x-expires)
 
 
 def presence_exchange_name(namespace: str, service_name: str) -> str:

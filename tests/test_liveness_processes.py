@@ -33,6 +33,7 @@ from choreo import dlq as dlq_tools
 from choreo.topology import DEFAULT_DELIVERY_LIMIT
 
 from .conftest import Buses
+from .fixtures import crasher
 from .fixtures.crasher import Job
 from .fixtures.stubborn import Stubborn
 from .helpers import WAIT
@@ -383,3 +384,70 @@ async def test_properties_the_codec_cannot_decode_are_dead_lettered(
     assert "nested more than 64" in letters[1].error_message
     assert amqp_connection() is connection  # no reconnect happened
     assert bus.transport.connected
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_a_crash_looping_message_in_a_partition_is_dead_lettered_in_order(
+    make_bus: Buses, tmp_path: Path, queue_type: str
+) -> None:
+    """A partitioned service: event 1 of key A os._exit()s every worker that handles it.
+    The partition's quarantine dead-letters it as KilledItsWorker after
+    DEFAULT_DELIVERY_LIMIT deaths; A's later events are then handled, in order, and every
+    event of key B too (on quorum queues, none reaches the queue's own delivery limit:
+    moved to the quarantine, its count starts again); nothing else is dead-lettered."""
+    out = tmp_path / "started.jsonl"
+    env = {
+        **os.environ,
+        "CHOREO_TEST_OUT": str(out),
+        "CHOREO_BROKER_URL": make_bus.url,
+        "CHOREO_TEST_QUEUE_TYPE": queue_type,
+    }
+    publisher = await make_bus(queue_type=queue_type)
+    declared = Service("crasher-ordered", partitions=2, queue_type=queue_type)
+    declared.add_handler(crasher.Keyed, crasher.handle_keyed)
+    await publisher.declare(declared)
+    for seq in range(10):
+        await publisher.publish(crasher.Keyed(key="A", seq=seq, crash=seq == 1))
+        await publisher.publish(crasher.Keyed(key="B", seq=seq))
+
+    def started() -> list[tuple[str, int]]:
+        lines = out.read_text().splitlines() if out.exists() else []
+        return [(entry["key"], entry["seq"]) for entry in map(json.loads, lines)]
+
+    wanted = {(key, seq) for key in "AB" for seq in range(10)} - {("A", 1)}
+    deaths = 0
+    letters: list[dlq_tools.DeadLetter] = []
+    async with asyncio.timeout(120):
+        while True:
+            worker = subprocess.Popen(  # noqa: ASYNC220 - the test is the supervisor
+                [sys.executable, "-m", "choreo", "run", "tests.fixtures.crasher:ordered",
+                 "--namespace", publisher.namespace, "--log-level", "WARNING",
+                 "--partition-heartbeat", "0.2"],
+                cwd=ROOT, env=env, stderr=STDERR,
+            )  # fmt: skip
+            try:
+                while worker.poll() is None:
+                    letters = await dlq_tools.list_dead_letters(publisher, "crasher-ordered")
+                    if letters and wanted <= set(started()):
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                if worker.poll() is None:
+                    worker.terminate()
+                    worker.wait(timeout=WAIT)
+            if worker.returncode != 7:
+                break
+            deaths += 1
+            assert deaths <= DEFAULT_DELIVERY_LIMIT + 2, "the culprit keeps killing workers"
+    (letter,) = letters
+    assert letter.error_type == "KilledItsWorker"
+    assert json.loads(letter.preview) == {"key": "A", "seq": 1, "crash": True}
+    handled = started()
+    assert handled.count(("A", 1)) == DEFAULT_DELIVERY_LIMIT
+    a = [seq for key, seq in handled if key == "A" and seq != 1]
+    assert a == sorted(a), a  # in order (an event in flight at a death may repeat)
+    assert handled.index(("A", 2)) > max(i for i, h in enumerate(handled) if h == ("A", 1))
+    b = [seq for key, seq in handled if key == "B"]
+    assert b == sorted(b), b
+    assert set(a) == set(range(10)) - {1}
+    assert set(b) == set(range(10))

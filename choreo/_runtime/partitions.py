@@ -13,6 +13,16 @@ gives all of them back to the queue together, in their order, before another pro
 consumer becomes the partition's active one. A handler that still fails when the worker
 stops is given back the same way (its next attempt starts again at 1), never through a
 retry queue, which would put it behind later events of its key.
+
+Crash loops (``suspects.py``): a delivery that comes back ``redelivered`` (its process died,
+or stopped, holding it) moves, in its key's turn, to the partition's quarantine queue
+``<partition>.suspect``, and every later delivery of the partition waits until the
+quarantine is empty: its messages are handled alone, one at a time, in their order. One
+that kills its worker there goes back to the end of the quarantine with one more crash,
+and the messages that were behind it are moved behind it again, so its key's order holds;
+after ``delivery_limit`` deaths it is dead-lettered and the partition moves on. Moving the
+neighbours also resets the delivery count a quorum queue keeps, so they never reach the
+queue's delivery limit for a crash that was not theirs.
 """
 
 from __future__ import annotations
@@ -22,9 +32,11 @@ import json
 import time
 from typing import Any
 
+from ..observability.observer import Outcome
 from ..transports.base import Delivery
+from ..wire import crashes_of
 from .dispatch import EventWorker
-from .settle import RetryLater
+from .settle import REQUEUE, Quarantine, RetryLater
 
 __all__ = ["PartitionWorker"]
 
@@ -38,6 +50,11 @@ class PartitionWorker(EventWorker):
         super().__init__(*args, **kwargs)
         self._slots = slots
         self._tails: dict[str, asyncio.Future[None]] = {}
+        # set: nothing in quarantine, nothing on its way there; not before the first look
+        # (another process may have left messages in quarantine when it let go)
+        self._clear = asyncio.Event()
+        self._moving = 0  # suspects received and not yet in quarantine
+        self._running: set[asyncio.Task[object]] = set()  # handlers started (not held back)
 
     def _ordering_key(self, delivery: Delivery) -> str | None:
         handler = self._handler_for(delivery)
@@ -56,6 +73,11 @@ class PartitionWorker(EventWorker):
         mine: asyncio.Future[None] | None = None
         if key is not None:
             mine = self._tails[key] = asyncio.get_running_loop().create_future()
+        suspects = self.suspects
+        suspect = delivery.redelivered and suspects is not None and suspects.is_suspect(delivery)
+        if suspect:  # before anything is awaited: every later delivery waits for it
+            self._moving += 1
+            self._clear.clear()
         task = asyncio.current_task()
         if task is not None:
             if not self.tasks:
@@ -64,11 +86,18 @@ class PartitionWorker(EventWorker):
         try:
             if previous is not None and not previous.done():
                 await asyncio.wait((previous,))  # never cancels the previous one's future
+            if suspect:
+                await self._to_quarantine(delivery)
+                return
+            if not self._clear.is_set():
+                await self._clear.wait()
             if self.stopping:
                 return  # unsettled: the close gives it back, in order
             async with self._slots:
                 if self.stopping:
                     return
+                if task is not None:
+                    self._running.add(task)
                 started = time.perf_counter()
                 verdict, event_name, attempt = await self._process(delivery)
                 if isinstance(verdict, RetryLater):  # only when stopping: see above
@@ -83,3 +112,52 @@ class PartitionWorker(EventWorker):
                     del self._tails[key or ""]
             if task is not None:
                 self.tasks.discard(task)
+                self._running.discard(task)
+
+    async def _to_quarantine(self, delivery: Delivery) -> None:
+        assert self.suspects is not None
+        try:
+            if not self.stopping:  # stopping: unsettled, the close gives it back in order
+                await self._settle(delivery, self.suspects.verdict, delivery.message.type, 0)
+        finally:
+            self._moving -= 1
+            self.suspects.wake()
+
+    # -- the quarantine's side (see suspects.py) -------------------------------------------
+
+    async def idle(self) -> None:
+        """Handlers started; the deliveries held back for the quarantine do not count."""
+        while self._running:
+            await asyncio.wait(set(self._running))
+
+    def cleared(self) -> None:
+        if not self._moving:
+            self._clear.set()
+
+    async def _handle(self, delivery: Delivery) -> Outcome:
+        started = time.perf_counter()
+        verdict, event_name, attempt = await self._process(delivery)
+        if isinstance(verdict, RetryLater):  # stopping: back to the head of the quarantine
+            verdict = REQUEUE
+        return await self._settle(delivery, verdict, event_name, attempt, started)
+
+    async def crashed(self, delivery: Delivery, crashes: int, limit: int) -> Outcome:
+        """Quarantined again (at the end of its queue): the messages behind it are moved
+        behind it again, in their order; or dead-lettered."""
+        assert self.suspects is not None
+        queue, transport = self.suspects.queue, self.setup.transport
+        behind = await transport.queue_size(queue)
+        outcome = await super().crashed(delivery, crashes, limit)
+        if outcome is Outcome.QUARANTINED:
+            for _ in range(behind):
+                async with transport.fetch(queue, 1) as taken:
+                    if not taken:
+                        break
+                    verdict = Quarantine(queue, crashes_of(taken[0].message))
+                    await self.settler.settle(taken[0], verdict)
+        return outcome
+
+    async def drain(self, timeout: float, abort: asyncio.Event | None = None) -> bool:
+        self.stopping = True
+        self._clear.set()  # what waits for the quarantine is left unsettled: given back
+        return await super().drain(timeout, abort)

@@ -131,6 +131,10 @@ class Running:
         queue_type = service.queue_type or self._queue_type
         retries = BrokerRetry(setup.transport, queue, queue_type, setup.declare_queue)
         dlq = topology.dlq_name(namespace, service.name)
+        limit = service.delivery_limit or self._delivery_limit
+        suspects = Suspects(
+            setup.transport, topology.suspect_queue_name(queue), limit, pausing=False
+        )
         return PartitionWorker(
             setup,
             service,
@@ -142,7 +146,8 @@ class Running:
             },
             concurrency=concurrency,
             retry=service.retry or self._retry,
-            handback_limit=service.delivery_limit or self._delivery_limit,
+            suspects=suspects,
+            handback_limit=limit,
             slots=slots,
         )
 

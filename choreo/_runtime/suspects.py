@@ -14,6 +14,10 @@ were not running alone when a worker died. Then the subscription resumes.
 
 A message this process handed back on purpose (a dead letter that could not be stored,
 say) is not a suspect: its id is remembered, in a bounded set.
+
+A partition queue (``partitions.PartitionWorker``) keeps its subscription (``pausing``
+false: cancelling it would make another process the partition's consumer); its worker
+holds every later delivery back until the quarantine is empty (``cleared``).
 """
 
 from __future__ import annotations
@@ -53,12 +57,18 @@ class Alone(Protocol):
         """``delivery`` killed its worker ``crashes`` times alone: quarantine it again, or
         dead-letter it once the limit is reached."""
 
+    def cleared(self) -> None:
+        """The quarantine queue was found empty."""
+
 
 class Suspects:
     """The quarantine of one service queue."""
 
-    def __init__(self, transport: Transport, queue: str, limit: int) -> None:
+    def __init__(
+        self, transport: Transport, queue: str, limit: int, *, pausing: bool = True
+    ) -> None:
         self.queue = queue
+        self._pausing = pausing
         self.limit = limit
         self.verdict = Quarantine(queue)
         self._transport = transport
@@ -74,6 +84,10 @@ class Suspects:
             return False
         self._wake.set()
         return True
+
+    def wake(self) -> None:
+        """Look at the quarantine queue now."""
+        self._wake.set()
 
     def handed_back(self, delivery: Delivery) -> None:
         """This process gave ``delivery`` back to its queue on purpose."""
@@ -105,18 +119,24 @@ class Suspects:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                if not worker.stopping and await self._transport.queue_size(self.queue):
+                if worker.stopping:
+                    break
+                if await self._transport.queue_size(self.queue):
                     await self._handle(worker, subscription)
+                else:
+                    worker.cleared()
             except ChoreoError as exc:  # the broker went away: the next look tries again
                 log.warning("quarantine of %s: %s", self.queue, exc)
 
     async def _handle(self, worker: Alone, subscription: Consumer) -> None:
-        await subscription.pause()
+        if self._pausing:
+            await subscription.pause()
         try:
             await worker.idle()
             while not worker.stopping:
                 async with self._transport.fetch(self.queue, 1) as taken:
                     if not taken:
+                        worker.cleared()
                         return
                     delivery = taken[0]
                     if delivery.redelivered and self.is_suspect(delivery):
@@ -127,5 +147,5 @@ class Suspects:
                 if outcome is Outcome.REQUEUED:
                     return  # handed back on purpose: look again later, not in a tight loop
         finally:
-            if not worker.stopping:
+            if self._pausing and not worker.stopping:
                 await subscription.resume()

@@ -165,6 +165,9 @@ class QueueWorker:
         while self.tasks:
             await asyncio.wait(set(self.tasks))
 
+    def cleared(self) -> None:
+        """The quarantine is empty (nothing to do: the subscription resumes)."""
+
     async def handle_alone(self, delivery: Delivery) -> Outcome:
         """Handle a suspect as a handler task of its own, so that a stop waits for it."""
         task = asyncio.get_running_loop().create_task(self._handle(delivery))
