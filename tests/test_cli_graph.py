@@ -44,6 +44,14 @@ async def audit(event: Audited) -> None: ...
 
 ORDERED = ["tests.test_cli_graph:LEDGER", "tests.test_cli_graph:BANK"]
 
+
+class PostedByAmount(Event, name="graph_entry_posted", key="cents"):  # another key
+    account: str
+    cents: int
+
+
+OTHER_BANK = Service("other_bank", emits=[PostedByAmount])
+
 DEMO_MERMAID = """\
 flowchart LR
     s_catalog["catalog"]
@@ -259,6 +267,24 @@ class TestCheck:
             "fields that differ: quantity, warehouse"
         )
         assert summary.endswith("1 error(s), 0 warning(s)")
+
+    def test_a_partitioned_consumer_of_an_event_without_a_key_is_a_warning(self) -> None:
+        result = choreo_cmd("check", *ORDERED)
+        assert result.returncode == 0, result.stdout
+        assert result.stdout.splitlines()[0] == (
+            "warning: ledger is partitioned but 'graph_entry_audited' has no ordering key "
+            "(Event key=): its events are spread over the partitions in no order"
+        )
+
+    def test_one_event_name_with_two_ordering_keys_is_an_error(self) -> None:
+        result = choreo_cmd("check", *ORDERED, "tests.test_cli_graph:OTHER_BANK")
+        assert result.returncode == 1
+        assert result.stdout.splitlines()[0] == (
+            "error: 'graph_entry_posted' has different ordering keys: "
+            "tests.test_cli_graph.Posted (key='account') vs "
+            "tests.test_cli_graph.PostedByAmount (key='cents'); its publishers would route "
+            "one key's events to different partitions"
+        )
 
     def test_same_fields_under_another_class_and_docstring_are_compatible(self) -> None:
         """Titles and descriptions aside, the twin's schema is the producer's: no error."""

@@ -7,9 +7,13 @@ Errors (the choreography cannot work as declared):
 * two services answer the same request (the requester gets whichever answers first)
 * one event name is declared with incompatible schemas (their pydantic JSON schemas differ,
   titles and descriptions aside)
+* one event name is declared with different ordering keys (``Event`` ``key=``): its
+  publishers would put one key's events in different buckets, so partitioned consumers
+  would lose their order
 
 Warnings: an event emitted that nobody consumes, a request answered that nobody sends, an
-external name that none of the services uses (a typo?).
+external name that none of the services uses (a typo?), a partitioned service that
+consumes an event without an ordering key (spread over its partitions, in no order).
 Names given as ``external`` cross the boundary of the given services (a feed without
 choreo, a consumer elsewhere): neither a missing emitter nor a missing consumer is reported.
 """
@@ -96,6 +100,8 @@ def check(graph: Choreography, external: Iterable[str] = ()) -> list[Problem]:
                 )
             )
     errors.extend(_schema_conflicts(graph))
+    errors.extend(_key_conflicts(graph))
+    warnings.extend(_unordered(graph))
     used = {use.name for use in graph.uses}
     for name in sorted(outside - used):
         warnings.append(
@@ -129,6 +135,43 @@ def _schema_conflicts(graph: Choreography) -> list[Problem]:
                 f"{name!r} has incompatible schemas: {' vs '.join(groups)}{detail}",
             )
         )
+    return problems
+
+
+def _key_conflicts(graph: Choreography) -> list[Problem]:
+    problems = []
+    for name in sorted({use.name for use in graph.uses}):
+        keys: dict[str | None, list[type[Event]]] = {}
+        for event_type in graph.types(name):
+            keys.setdefault(event_type.__event_key__, []).append(event_type)
+        if len(keys) > 1:
+            groups = [
+                f"{', '.join(map(qualname, types))} (key={key!r})" for key, types in keys.items()
+            ]
+            problems.append(
+                Problem(
+                    "error",
+                    f"{name!r} has different ordering keys: {' vs '.join(groups)}; its "
+                    "publishers would route one key's events to different partitions",
+                )
+            )
+    return problems
+
+
+def _unordered(graph: Choreography) -> list[Problem]:
+    problems = []
+    for service in graph.services:
+        if not service.partitions:
+            continue
+        for name, handler in sorted(service.handlers.items()):
+            if handler.event_type.__event_key__ is None:
+                problems.append(
+                    Problem(
+                        "warning",
+                        f"{service.name} is partitioned but {name!r} has no ordering key "
+                        "(Event key=): its events are spread over the partitions in no order",
+                    )
+                )
     return problems
 
 
