@@ -19,7 +19,8 @@ message of a chain gets its own ``message_id``; follow-ups carry it on), and hea
   message gave it back to the queue; ``x-choreo-exchange``: the exchange it came through
   (on a delayed message: its destination, which the delay levels deliver it to)
 * dead letters add ``x-choreo-error-type``, ``-error-message``, ``-traceback``,
-  ``-attempts``, ``-service`` and ``-failed-at`` (ISO 8601, UTC)
+  ``-attempts``, ``-service``, ``-failed-at`` (ISO 8601, UTC) and, for an event,
+  ``x-choreo-routing-key``: its bucket, the routing key a replay sends it on with
 
 A failed request is answered with ``type`` = ``choreo.error``, the error in the
 ``x-choreo-error-type``/``-error-message``/``-service`` headers and in the JSON body.
@@ -49,11 +50,12 @@ __all__ = [
     "CRASHES_HEADER", "DEATH_HEADER", "ERROR_MESSAGE_HEADER", "ERROR_TYPE", "ERROR_TYPE_HEADER",
     "EVENT_HEADER",
     "EXCHANGE_HEADER", "FAILED_AT_HEADER", "HANDED_BACK_HEADER", "MAX_ERROR_MESSAGE",
-    "MAX_TRACEBACK", "NAME_RE", "PREVIEW", "SANITIZED_HEADER", "SERVICE_HEADER", "SOURCE_HEADER",
-    "TRACEBACK_HEADER", "DeadLetter", "Undecodable", "attempt_of", "causation_of", "check_name",
-    "crashes_of", "dead_letter", "decode", "encode", "encode_json", "error_reply",
-    "failure_headers", "for_replay", "format_traceback", "handbacks_of", "handed_back",
-    "handled_as", "read_error_reply", "retry_copy", "routed_through", "source_of", "with_crashes",
+    "MAX_TRACEBACK", "NAME_RE", "PREVIEW", "ROUTING_KEY_HEADER", "SANITIZED_HEADER",
+    "SERVICE_HEADER", "SOURCE_HEADER", "TRACEBACK_HEADER", "DeadLetter", "Undecodable",
+    "attempt_of", "causation_of", "check_name", "crashes_of", "dead_letter", "decode", "encode",
+    "encode_json", "error_reply", "failure_headers", "for_replay", "format_traceback",
+    "handbacks_of", "handed_back", "handled_as", "read_error_reply", "retry_copy",
+    "routed_through", "routing_key_died_with", "source_of", "with_crashes",
 ]
 # fmt: on
 
@@ -75,21 +77,16 @@ TRACEBACK_HEADER = "x-choreo-traceback"
 ATTEMPTS_HEADER = "x-choreo-attempts"
 SERVICE_HEADER = "x-choreo-service"
 FAILED_AT_HEADER = "x-choreo-failed-at"
+ROUTING_KEY_HEADER = "x-choreo-routing-key"  # a dead event's bucket: where a replay routes it
 SANITIZED_HEADER = "x-choreo-sanitized"  # what a copy had to change to be sendable
 
 # what a dead letter adds, and a replay takes away (x-choreo-event stays: it dispatches)
-_FAILURE_HEADERS = frozenset(
-    (
-        ERROR_TYPE_HEADER,
-        ERROR_MESSAGE_HEADER,
-        TRACEBACK_HEADER,
-        ATTEMPTS_HEADER,
-        ATTEMPT_HEADER,
-        CRASHES_HEADER,
-        SERVICE_HEADER,
-        FAILED_AT_HEADER,
-    )
-)
+# fmt: off
+_FAILURE_HEADERS = frozenset((
+    ERROR_TYPE_HEADER, ERROR_MESSAGE_HEADER, TRACEBACK_HEADER, ATTEMPTS_HEADER, ATTEMPT_HEADER,
+    CRASHES_HEADER, SERVICE_HEADER, FAILED_AT_HEADER, ROUTING_KEY_HEADER,
+))
+# fmt: on
 
 MAX_TRACEBACK = 4096  # large headers break AMQP frames
 MAX_ERROR_MESSAGE = 1024
@@ -240,8 +237,10 @@ def failure_headers(
     service: str,
     event: str | None,
     traceback_text: str = "",
+    routing_key: str | None = None,
 ) -> dict[str, Any]:
-    """The headers a dead letter adds to the original message's."""
+    """The headers a dead letter adds to the original message's (``routing_key``: an
+    event's bucket, which a replay to a partitioned service routes it by)."""
     return {
         ERROR_TYPE_HEADER: error_type,
         ERROR_MESSAGE_HEADER: error_message[:MAX_ERROR_MESSAGE],
@@ -250,6 +249,7 @@ def failure_headers(
         SERVICE_HEADER: service,
         EVENT_HEADER: event or "",
         FAILED_AT_HEADER: datetime.now(UTC).isoformat(timespec="milliseconds"),
+        **({ROUTING_KEY_HEADER: routing_key} if routing_key is not None else {}),
     }
 
 
@@ -355,29 +355,22 @@ class DeadLetter:
 
     @classmethod
     def read(cls, message: Message) -> DeadLetter:
-        headers, body = message.headers, message.body
-        text = body[:PREVIEW].decode("utf-8", errors="replace")
+        headers, body, message_id = message.headers, message.body, message.message_id
+        preview = body[:PREVIEW].decode("utf-8", errors="replace")
+        preview += "..." if len(body) > PREVIEW else ""
         attempts = headers.get(ATTEMPTS_HEADER, 0)
-        if ERROR_TYPE_HEADER not in headers:
-            death = _broker_death(headers)
-            if death is not None:
-                return cls(
-                    message_id=message.message_id,
-                    event=str(headers.get(EVENT_HEADER) or message.type or ""),
-                    error_type=death[0],
-                    error_message=death[1],
-                    attempts=0,
-                    failed_at=death[2],
-                    preview=text + ("..." if len(body) > PREVIEW else ""),
-                )
+        death = None if ERROR_TYPE_HEADER in headers else _broker_death(headers)
+        if death is not None:
+            event = str(headers.get(EVENT_HEADER) or message.type or "")
+            return cls(message_id, event, death[0], death[1], 0, death[2], preview)
         return cls(
-            message_id=message.message_id,
+            message_id=message_id,
             event=str(headers.get(EVENT_HEADER, "")),
             error_type=str(headers.get(ERROR_TYPE_HEADER, "")),
             error_message=str(headers.get(ERROR_MESSAGE_HEADER, "")),
             attempts=attempts if isinstance(attempts, int) else 0,
             failed_at=str(headers.get(FAILED_AT_HEADER, "")),
-            preview=text + ("..." if len(body) > PREVIEW else ""),
+            preview=preview,
         )
 
 
@@ -391,6 +384,18 @@ _BROKER_REASONS = {
     ),
     "maxlen": ("MaxLength", "{queue!r} was full"),
 }
+
+
+def routing_key_died_with(message: Message) -> str | None:
+    """The bucket a dead letter was routed by: its ``x-choreo-routing-key`` (choreo
+    dead-lettered it), else the first bucket (digits) among the routing keys of the broker's
+    latest ``x-death`` entry; ``None`` when neither says (a dead letter of an older choreo)."""
+    keys: Any = [message.headers.get(ROUTING_KEY_HEADER)]
+    deaths = message.headers.get(DEATH_HEADER)
+    if keys[0] is None and isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
+        keys = deaths[0].get("routing-keys")
+    keys = [k.decode() if isinstance(k, bytes) else k for k in keys or ()]
+    return next((k for k in keys if isinstance(k, str) and k.isascii() and k.isdigit()), None)
 
 
 def _broker_death(headers: Mapping[str, Any]) -> tuple[str, str, str] | None:

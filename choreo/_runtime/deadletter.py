@@ -3,14 +3,22 @@
 The copy keeps the original body and properties and adds the reason in headers (see
 ``wire.failure_headers``). It is published mandatory and confirmed, so a DLQ that is gone
 cannot swallow it; only then is the original acknowledged (by ``settle.py``).
+
+An event's dead letter also records its bucket (``wire.ROUTING_KEY_HEADER``), so that
+``choreo dlq replay`` can route it to the partition that owns its key: the routing key it
+was delivered with when that is a bucket, else (it came from the quarantine queue, or
+through the delay levels, whose routing keys are not its bucket) the bucket the publisher
+gave it, from its ordering key (``delays.ordering_key_in``) or else its message id.
 """
 
 from __future__ import annotations
 
+from .. import topology
 from ..transports.base import Message, Transport
 from ..wire import dead_letter
+from .delays import ordering_key_in
 
-__all__ = ["send_to_dlq"]
+__all__ = ["routing_bucket", "send_to_dlq"]
 
 
 async def send_to_dlq(
@@ -24,9 +32,10 @@ async def send_to_dlq(
     service: str,
     event: str | None,
     traceback_text: str,
+    routing_key: str = "",
 ) -> None:
-    """Publish the dead-letter copy of ``message`` to ``dlq``; raise ``ChoreoError`` when the
-    broker did not take it."""
+    """Publish the dead-letter copy of ``message`` (delivered with ``routing_key``) to
+    ``dlq``; raise ``ChoreoError`` when the broker did not take it."""
     copy = dead_letter(
         message,
         error_type=error_type,
@@ -35,5 +44,13 @@ async def send_to_dlq(
         service=service,
         event=event,
         traceback_text=traceback_text,
+        routing_key=None if message.reply_to else routing_bucket(message, routing_key),
     )
     await transport.publish(copy, "", dlq, mandatory=True)
+
+
+def routing_bucket(message: Message, routing_key: str) -> str:
+    """The bucket of the event ``message``, delivered with ``routing_key``."""
+    if routing_key.isascii() and routing_key.isdigit() and int(routing_key) < topology.BUCKETS:
+        return routing_key
+    return topology.routing_key_of(ordering_key_in(message), message.message_id)

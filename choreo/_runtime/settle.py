@@ -225,6 +225,7 @@ class Settler:
                 service=self._service,
                 event=verdict.event,
                 traceback_text=verdict.traceback_text,
+                routing_key=delivery.routing_key,
             )
         except ChoreoError as exc:
             log.error(
