@@ -9,10 +9,11 @@ import aio_pika
 import aiormq
 import pytest
 
-from choreo import Bus, Context, Event, Retry, Service
+from choreo import Bus, Context, Event, Retry, Service, topology, wire
 
 from .conftest import Buses
 from .test_cli import choreo_cmd
+from .test_dlq_partitions import A, B, Catalog, StockCounted, partition_queue, queued
 
 pytestmark = pytest.mark.broker
 
@@ -161,3 +162,40 @@ async def test_a_multi_line_error_stays_indented_and_poison_says_not_attempted(
     assert "ValidationError" in result.stdout
     assert len(entry) > 3
     assert all(line.startswith("    ") for line in entry[1:])
+
+
+async def test_replay_of_a_partitioned_service_goes_to_each_keys_partition(
+    make_bus: Buses,
+) -> None:
+    """choreo dlq replay --all on a partitioned service (#14): each dead event goes to the
+    partition of its key; one that recorded no routing key (as a dead letter of an older
+    choreo) goes by its message id's bucket, and the output says so."""
+    catalog = Catalog(rejected={A, B})
+    bus = await make_bus()
+    await bus.start(catalog.service())
+    await bus.publish(StockCounted(sku=A, seq=0))
+    b_id = await bus.publish(StockCounted(sku=B, seq=0))
+    dlq = topology.dlq_name(bus.namespace, "catalog")
+    async with asyncio.timeout(20):
+        while await bus.transport.queue_size(dlq) < 2:
+            await asyncio.sleep(0.02)
+    await bus.stop()
+    async with bus.transport.fetch(dlq, 2) as letters:  # B's loses its routing key
+        for letter in letters:
+            if letter.message.message_id == b_id:
+                del letter.message.headers[wire.ROUTING_KEY_HEADER]
+            await bus.transport.publish(letter.message, "", dlq, mandatory=True)
+            await letter.ack()
+
+    result = await asyncio.to_thread(cli, bus, "dlq", "replay", "catalog", "--all")
+
+    assert result.returncode == 0, result.stderr
+    assert "replayed 2 message(s) to catalog" in result.stdout
+    assert "1 of them recorded no routing key" in result.stdout
+    assert await queued(bus, partition_queue(bus, topology.routing_key_of(A, None))) == [(A, 0)]
+    by_id = partition_queue(bus, topology.routing_key_of(None, b_id))
+    assert (B, 0) in await queued(bus, by_id)
+    catalog.open = True
+    other = await make_bus()
+    await other.start(catalog.service())
+    await catalog.seen.wait_until(lambda items: {(A, 0), (B, 0)} <= set(items))

@@ -78,8 +78,9 @@ def dlq_replay(
     namespace: NamespaceOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Move dead letters back to the service's own queue (a request to its request queue),
-    attempts reset to 1, in batches, with progress on a terminal.
+    """Move dead letters back to the service's own queue (a request to its request queue;
+    an event of a partitioned service to the partition of its key, by the bucket it was
+    routed with), attempts reset to 1, in batches, with progress on a terminal.
 
     Example: choreo dlq replay catalog --id 3f2a... (or --all)
     """
@@ -91,15 +92,26 @@ def dlq_replay(
         def progress(moved: int, total: int) -> None:
             typer.echo(f"\rreplayed {moved}/{total}", err=True, nl=False)
 
+    unknown: list[str | None] = []
     with errors(debug):
         moved = _with_bus(
-            broker, namespace, lambda bus: dlq.replay(bus, service, message_id, progress=progress)
+            broker,
+            namespace,
+            lambda bus: dlq.replay(
+                bus, service, message_id, progress=progress, by_message_id=unknown.append
+            ),
         )
     if progress is not None:
         typer.echo("", err=True)
     if message_id is not None and moved == 0:
         fail(f"no dead letter with id {message_id!r} for {service}", 1)
     typer.echo(f"replayed {moved} message(s) to {service}")
+    if unknown:
+        typer.echo(
+            f"{len(unknown)} of them recorded no routing key (dead-lettered by an older "
+            "choreo): each went to the partition of its message id's bucket, which may "
+            "not be its key's"
+        )
 
 
 @dlq_app.command("purge")
