@@ -352,17 +352,18 @@ class DeadLetter:
     attempts: int
     failed_at: str
     preview: str
+    bucket: str | None = None  # the routing key a replay to partitions uses (None: unknown)
 
     @classmethod
     def read(cls, message: Message) -> DeadLetter:
         headers, body, message_id = message.headers, message.body, message.message_id
         preview = body[:PREVIEW].decode("utf-8", errors="replace")
         preview += "..." if len(body) > PREVIEW else ""
-        attempts = headers.get(ATTEMPTS_HEADER, 0)
+        attempts, bucket = headers.get(ATTEMPTS_HEADER, 0), routing_key_died_with(message)
         death = None if ERROR_TYPE_HEADER in headers else _broker_death(headers)
         if death is not None:
             event = str(headers.get(EVENT_HEADER) or message.type or "")
-            return cls(message_id, event, death[0], death[1], 0, death[2], preview)
+            return cls(message_id, event, death[0], death[1], 0, death[2], preview, bucket)
         return cls(
             message_id=message_id,
             event=str(headers.get(EVENT_HEADER, "")),
@@ -371,6 +372,7 @@ class DeadLetter:
             attempts=attempts if isinstance(attempts, int) else 0,
             failed_at=str(headers.get(FAILED_AT_HEADER, "")),
             preview=preview,
+            bucket=bucket,
         )
 
 

@@ -187,6 +187,10 @@ async def test_replay_of_a_partitioned_service_goes_to_each_keys_partition(
             await bus.transport.publish(letter.message, "", dlq, mandatory=True)
             await letter.ack()
 
+    listed = await asyncio.to_thread(cli, bus, "dlq", "list", "catalog")
+    assert f"bucket={topology.routing_key_of(A, None)}" in listed.stdout
+    assert listed.stdout.count("bucket=") == 1  # B's says none
+
     result = await asyncio.to_thread(cli, bus, "dlq", "replay", "catalog", "--all")
 
     assert result.returncode == 0, result.stderr

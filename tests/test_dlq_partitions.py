@@ -104,6 +104,8 @@ async def test_replay_puts_each_dead_event_into_its_keys_partition(make_bus: Bus
     async with bus.transport.fetch(dlq_of(bus), 10) as letters:
         recorded = {d.message.headers.get(wire.ROUTING_KEY_HEADER) for d in letters}
     assert recorded == {topology.routing_key_of(A, None), topology.routing_key_of(B, None)}
+    listed = sorted(str(letter.bucket) for letter in await dlq.list_dead_letters(bus, "catalog"))
+    assert listed == sorted(topology.routing_key_of(key, None) for key in (A, A, B))
     other = await make_bus()
     await other.publish(StockCounted(sku=A, seq=2))  # queued before the replay
 
@@ -136,6 +138,7 @@ async def test_a_broker_dead_letter_replays_by_its_x_death_routing_key(make_bus:
     await wait_size(bus, dlq_of(bus), 1)
     (letter,) = await dlq.list_dead_letters(bus, "catalog")
     assert letter.error_type == "Expired"
+    assert letter.bucket == d_bucket  # from x-death
 
     assert await dlq.replay(bus, "catalog", message.message_id) == 1
 

@@ -46,7 +46,8 @@ def dlq_list(
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
     debug: DebugOption = False,
 ) -> None:
-    """Show dead letters (event, error, attempts, failed-at, body) without consuming them.
+    """Show dead letters (event, error, attempts, failed-at, the bucket of an event, body)
+    without consuming them.
 
     Example: choreo dlq list catalog --broker amqp://guest:guest@localhost:5672/
     """
@@ -58,9 +59,10 @@ def dlq_list(
             typer.echo(f"no dead letters for {service}")
             return
         for letter in letters:
+            bucket = f"  bucket={letter.bucket}" if letter.bucket is not None else ""
             typer.echo(
                 f"{letter.message_id}  {letter.event}  attempts={letter.attempts}  "
-                f"failed-at={letter.failed_at}\n"
+                f"failed-at={letter.failed_at}{bucket}\n"
                 f"    {letter.error_type}: {_indented(letter.error_message[:300])}\n"
                 f"    body: {letter.preview}"
             )
