@@ -22,7 +22,9 @@ that kills its worker there goes back to the end of the quarantine with one more
 and the messages that were behind it are moved behind it again, so its key's order holds;
 after ``delivery_limit`` deaths it is dead-lettered and the partition moves on. Moving the
 neighbours also resets the delivery count a quorum queue keeps, so they never reach the
-queue's delivery limit for a crash that was not theirs.
+queue's delivery limit for a crash that was not theirs. Only the partition's active
+consumer touches its quarantine: a worker starts watching it with its first delivery (a
+standby gets none), so what an owner left there waits for the partition's next delivery.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 from typing import Any
 
 from ..observability.observer import Outcome
-from ..transports.base import Delivery
+from ..transports.base import Consumer, Delivery
 from ..wire import crashes_of
 from .dispatch import EventWorker
 from .settle import REQUEUE, Quarantine, RetryLater
@@ -55,6 +57,7 @@ class PartitionWorker(EventWorker):
         self._clear = asyncio.Event()
         self._moving = 0  # suspects received and not yet in quarantine
         self._running: set[asyncio.Task[object]] = set()  # handlers started (not held back)
+        self._subscription: Consumer | None = None  # its quarantine is watched once active
 
     def _ordering_key(self, delivery: Delivery) -> str | None:
         handler = self._handler_for(delivery)
@@ -67,7 +70,15 @@ class PartitionWorker(EventWorker):
             return None
         return str(body.get(field)) if isinstance(body, dict) else None
 
+    def attach(self, subscription: Consumer) -> None:
+        """Not yet: only the partition's active consumer may touch its quarantine, and a
+        subscription knows it is the active one when its first delivery arrives."""
+        self._subscription = subscription
+
     async def on_message(self, delivery: Delivery) -> None:
+        if self._subscription is not None:  # the first delivery: active now, until closed
+            subscription, self._subscription = self._subscription, None
+            super().attach(subscription)  # looks at the quarantine before anything starts
         key = self._ordering_key(delivery)
         previous = None if key is None else self._tails.get(key)
         mine: asyncio.Future[None] | None = None
