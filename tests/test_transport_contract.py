@@ -39,6 +39,7 @@ async def _consume(transport: Transport, queue: str) -> None:
 Operation = Callable[[Transport, str], Awaitable[object]]
 ON_A_QUEUE: dict[str, Operation] = {
     "queue_size": lambda t, q: t.queue_size(q),
+    "consumer_count": lambda t, q: t.consumer_count(q),
     "fetch": _fetch,
     "purge": lambda t, q: t.purge(q),
     "consume": _consume,
@@ -137,6 +138,25 @@ class TestMissingQueue:
         await transport.declare_queue(QueueSpec(name))
         await transport.publish(_message(), "", name, mandatory=True)
         assert await transport.queue_size(name) == 1
+
+
+class TestConsumerCount:
+    async def test_counts_every_subscription_standbys_included(self, make_bus: Buses) -> None:
+        """A single-active-consumer queue: the active one and its standby both count;
+        a closed subscription no longer does."""
+        transport, ns = await _transport(make_bus)
+        name = f"{ns}.counted"
+        make_bus.extra_queues.add(name)
+        single = (("x-single-active-consumer", True),)
+        await transport.declare_queue(QueueSpec(name, arguments=single))
+        assert await transport.consumer_count(name) == 0
+        first = await transport.consume(name, _ignore, prefetch=1)
+        second = await transport.consume(name, _ignore, prefetch=1)
+        assert await transport.consumer_count(name) == 2
+        await first.close()
+        assert await transport.consumer_count(name) == 1
+        await second.close()
+        assert await transport.consumer_count(name) == 0
 
 
 class TestClosed:

@@ -195,6 +195,11 @@ class Transport(abc.ABC):
         """Messages ready in ``queue``; ``ConfigurationError`` when there is no such queue."""
 
     @abc.abstractmethod
+    async def consumer_count(self, queue: str) -> int:
+        """Consumers subscribed to ``queue``, the standbys of a single-active-consumer queue
+        included; ``ConfigurationError`` when there is no such queue."""
+
+    @abc.abstractmethod
     def fetch(self, queue: str, limit: int) -> AbstractAsyncContextManager[list[Delivery]]:
         """Take up to ``limit`` ready messages of ``queue`` without a consumer (``async with``).
 

@@ -175,6 +175,9 @@ class MemoryTransport(Transport):
     async def queue_size(self, queue: str) -> int:
         return len(self._queue(queue).messages)
 
+    async def consumer_count(self, queue: str) -> int:
+        return len(self._queue(queue).consumers)
+
     @contextlib.asynccontextmanager
     async def fetch(self, queue: str, limit: int) -> AsyncIterator[list[Delivery]]:
         found = self._queue(queue)

@@ -32,16 +32,7 @@ from ...errors import (
     RequestTimeout,
     Unroutable,
 )
-from ..base import (
-    FANOUT,
-    Consumer,
-    Delivery,
-    Message,
-    OnCancelled,
-    OnMessage,
-    QueueSpec,
-    Transport,
-)
+from ..base import FANOUT, Consumer, Delivery, Message, OnCancelled, OnMessage, QueueSpec, Transport
 from ._amqp import REPLY_TO, FailoverConnection, from_delivered, properties
 from ._channels import close_channel
 from ._consumer import IncomingDelivery, RabbitConsumer
@@ -284,9 +275,17 @@ class RabbitMQTransport(Transport):
                 await self._connection.connected.wait()
 
     async def queue_size(self, queue: str) -> int:
+        return (await self._counts(queue))[0]
+
+    async def consumer_count(self, queue: str) -> int:
+        return (await self._counts(queue))[1]
+
+    async def _counts(self, queue: str) -> tuple[int, int]:
+        """Messages ready in ``queue`` and its consumers (a passive declare)."""
         async with self._short_channel(queue, 1) as channel:
             declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
+        result = declared.declaration_result
+        return int(result.message_count or 0), int(result.consumer_count or 0)
 
     @contextlib.asynccontextmanager
     async def _short_channel(self, queue: str, prefetch: int) -> AsyncIterator[AbstractChannel]:
