@@ -24,16 +24,19 @@ after ``delivery_limit`` deaths it is dead-lettered and the partition moves on. 
 neighbours also resets the delivery count a quorum queue keeps, so they never reach the
 queue's delivery limit for a crash that was not theirs. Only the partition's active
 consumer touches its quarantine: a worker starts watching it with its first delivery (a
-standby gets none), so what an owner left there waits for the partition's next delivery.
+standby gets none) or once it is the queue's only consumer (what a dead owner left there,
+with nothing new in the partition).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
+from ..errors import ChoreoError
 from ..observability.observer import Outcome
 from ..transports.base import Consumer, Delivery
 from ..wire import crashes_of
@@ -41,6 +44,10 @@ from .dispatch import EventWorker
 from .settle import REQUEUE, Quarantine, RetryLater
 
 __all__ = ["PartitionWorker"]
+
+log = logging.getLogger("choreo.partitions")
+
+ACTIVE_POLL = 1.0  # seconds between looks at whether a partition's standby is active now
 
 
 class PartitionWorker(EventWorker):
@@ -58,6 +65,7 @@ class PartitionWorker(EventWorker):
         self._moving = 0  # suspects received and not yet in quarantine
         self._running: set[asyncio.Task[object]] = set()  # handlers started (not held back)
         self._subscription: Consumer | None = None  # its quarantine is watched once active
+        self._probe: asyncio.Task[None] | None = None
 
     def _ordering_key(self, delivery: Delivery) -> str | None:
         handler = self._handler_for(delivery)
@@ -71,14 +79,29 @@ class PartitionWorker(EventWorker):
         return str(body.get(field)) if isinstance(body, dict) else None
 
     def attach(self, subscription: Consumer) -> None:
-        """Not yet: only the partition's active consumer may touch its quarantine, and a
-        subscription knows it is the active one when its first delivery arrives."""
+        """Not yet: only the partition's active consumer may touch its quarantine. A
+        subscription is the active one once a delivery arrives, or while it is the queue's
+        only consumer; until then it looks every ``ACTIVE_POLL`` s."""
         self._subscription = subscription
+        self._probe = asyncio.get_running_loop().create_task(self._until_active())
 
-    async def on_message(self, delivery: Delivery) -> None:
-        if self._subscription is not None:  # the first delivery: active now, until closed
+    def _active(self) -> None:
+        if self._subscription is not None:  # active now, until the subscription closes
             subscription, self._subscription = self._subscription, None
             super().attach(subscription)  # looks at the quarantine before anything starts
+
+    async def _until_active(self) -> None:
+        while self._subscription is not None and not self.stopping:
+            try:
+                if await self.setup.transport.consumer_count(self.queue) == 1:
+                    self._active()  # the only consumer of a single-active-consumer queue
+                    return
+            except ChoreoError as exc:  # the next look tries again
+                log.debug("%s: %s", self.queue, exc)
+            await self.pause(ACTIVE_POLL)
+
+    async def on_message(self, delivery: Delivery) -> None:
+        self._active()
         key = self._ordering_key(delivery)
         previous = None if key is None else self._tails.get(key)
         mine: asyncio.Future[None] | None = None
