@@ -9,6 +9,7 @@ import dataclasses
 
 from choreo import Bus, Event, Reject, Service, dlq, topology, wire
 from choreo._runtime.deadletter import routing_bucket
+from choreo._runtime.settle import Quarantine, Settler
 
 from .conftest import Buses
 from .helpers import WAIT, Recorder
@@ -154,3 +155,23 @@ def test_the_bucket_a_dead_letter_records() -> None:
     assert routing_bucket(message, "17") == "17"
     for delivered_with in ("ns.catalog.p1.suspect", "3.0.1.ns.stock_counted", "", "1024"):
         assert routing_bucket(message, delivered_with) == topology.routing_key_of(A, None)
+
+
+async def test_a_quarantined_event_keeps_its_bucket(make_bus: Buses) -> None:
+    """The copy moved to a partition's quarantine says its bucket, which its routing key
+    there (the quarantine queue's name) no longer does: a dead letter the broker makes of
+    it later (a quorum queue's delivery limit) still replays to its key's partition."""
+    bus = await make_bus()
+    service = Catalog(set()).service()
+    await bus.declare(service)
+    await bus.publish(StockCounted(sku=B, seq=0))
+    bucket = topology.routing_key_of(B, None)
+    partition = partition_queue(bus, bucket)
+    suspects = topology.suspect_queue_name(partition)
+    dead = topology.dlq_name(bus.namespace, "catalog")
+    settler = Settler(bus.transport, service="catalog", dlq=dead)
+    async with bus.transport.fetch(partition, 1) as (delivery,):
+        await settler.settle(delivery, Quarantine(suspects))
+    async with bus.transport.fetch(suspects, 1) as (moved,):
+        assert moved.message.headers[wire.ROUTING_KEY_HEADER] == bucket
+        await moved.ack()

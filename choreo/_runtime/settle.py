@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from ..errors import ChoreoError
 from ..observability.observer import Outcome
 from ..transports.base import Delivery, Transport
-from ..wire import handed_back, with_crashes
+from ..wire import ROUTING_KEY_HEADER, handed_back, with_crashes
 from .broker_retry import BrokerRetry
-from .deadletter import send_to_dlq
+from .deadletter import routing_bucket, send_to_dlq
 
 __all__ = [
     "ACK",
@@ -153,6 +153,8 @@ class Settler:
 
     async def _quarantine(self, delivery: Delivery, verdict: Quarantine) -> Outcome:
         copy = with_crashes(delivery.message, verdict.crashes)
+        if not copy.reply_to and ROUTING_KEY_HEADER not in copy.headers:  # for a replay
+            copy.headers[ROUTING_KEY_HEADER] = routing_bucket(copy, delivery.routing_key)
         sent = self._transport.publish(copy, "", verdict.queue, mandatory=True)
         return await self._replace(delivery, sent, "quarantine", Outcome.QUARANTINED)
 
