@@ -1,7 +1,7 @@
 """Partitioned services (#14): throughput in order per key vs the same service unordered,
 on 1 and 2 processes, and how long the partitions of a worker killed with SIGKILL wait.
 
-    python -m bench.partitions [--n 8000] [--keys 400] [--runs 1] [--heartbeat 1.0]
+    python -m bench.partitions [--n 8000] [--keys 400] [--runs 1] [--heartbeat 1.0 0.5]
 
 Both services are in ``bench.workload``: ``bench-plain`` (one queue) and
 ``bench-partitioned`` (8 partitions, ordered per ``sku``), with the same handler, which
@@ -91,11 +91,12 @@ class Workers:
                 )
             self.processes.append(process)
 
-    def shares(self) -> list[tuple[int, int] | None]:
-        """(partitions held, processes seen) by the last line of each log, if any."""
+    def shares(self, since: int = 0) -> list[tuple[int, int] | None]:
+        """(partitions held, processes seen) by the last line of each log (past byte
+        ``since``), if any."""
         found: list[tuple[int, int] | None] = []
         for log in self.logs:
-            lines = SHARE.findall(log.read_bytes())
+            lines = SHARE.findall(log.read_bytes()[since:])
             held = lines[-1][0].split(b", ") if lines else None
             found.append(None if held is None else (len(held), int(lines[-1][1])))
         return found
@@ -182,10 +183,13 @@ async def rebalance(url: str, n: int, keys: int, heartbeat: float) -> tuple[floa
             await publish(bus, n, keys)
             await workers.until(lambda: handled(workers.folder) >= n // 4, "a quarter handled")
             victim, survivor = workers.processes
+            logged = workers.logs[1].stat().st_size
             victim.kill()
             killed_at = time.monotonic()
             await victim.wait()
-            await workers.until(lambda: workers.shares()[1] == (8, 1), "the survivor holding 8")
+            await workers.until(
+                lambda: workers.shares(logged)[1] == (8, 1), "the survivor holding 8"
+            )
             all_held = time.monotonic() - killed_at
             await workers.until(lambda: handled(workers.folder) >= n, f"{n} events handled")
         finally:
@@ -211,7 +215,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8000)
     parser.add_argument("--keys", type=int, default=400)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--heartbeat", type=float, nargs="+", default=[1.0, 0.25])
+    parser.add_argument("--heartbeat", type=float, nargs="+", default=[1.0, 0.5])
     parser.add_argument("--url", default=os.environ.get("CHOREO_BENCH_URL", DEFAULT_URL))
     args = parser.parse_args()
     cases = [(s, k) for k in (1, 2) for s in (plain, partitioned)]
