@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from choreo import (
+    Bus,
     ChoreoError,
     ConfigurationError,
     ConnectionFailed,
@@ -79,30 +81,10 @@ async def test_a_crash_looping_message_is_dead_lettered_and_the_rest_flows(
     def started() -> list[dict[str, int]]:
         return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
-    restarts = 0
-    letters: list[dlq_tools.DeadLetter] = []
-    async with asyncio.timeout(120):
-        while True:
-            worker = subprocess.Popen(  # noqa: ASYNC220 - the test is the supervisor
-                [sys.executable, "-m", "choreo", "run", "tests.fixtures.crasher:service",
-                 "--namespace", publisher.namespace, "--log-level", "WARNING"],
-                cwd=ROOT, env=env, stderr=STDERR,
-            )  # fmt: skip
-            try:
-                while worker.poll() is None:
-                    letters = await dlq_tools.list_dead_letters(publisher, "crasher")
-                    handled = {entry["n"] for entry in started()}
-                    if letters and handled >= set(range(1, INNOCENTS + 1)):
-                        break
-                    await asyncio.sleep(0.1)
-            finally:
-                if worker.poll() is None:
-                    worker.terminate()
-                    worker.wait(timeout=WAIT)
-            if worker.returncode != 7:  # stopped by us, not by the culprit
-                break
-            restarts += 1
-            assert restarts <= DEFAULT_DELIVERY_LIMIT + 2, "the culprit keeps killing workers"
+    def done(letters: list[dlq_tools.DeadLetter]) -> bool:
+        return bool(letters) and {e["n"] for e in started()} >= set(range(1, INNOCENTS + 1))
+
+    letters, restarts = await _supervise(publisher, "crasher", env, done, "service")
     (letter,) = letters
     assert letter.error_type == "KilledItsWorker"
     culprit = [entry for entry in started() if entry["n"] == 0]
@@ -115,6 +97,41 @@ async def test_a_crash_looping_message_is_dead_lettered_and_the_rest_flows(
         f"{restarts} worker deaths; {len(innocents)} innocent handler starts for {INNOCENTS} jobs"
     )
     make_bus.extra_queues |= {f"{publisher.namespace}.crasher.suspect"}
+
+
+async def _supervise(
+    publisher: Bus,
+    service: str,
+    env: dict[str, str],
+    done: Callable[[list[dlq_tools.DeadLetter]], bool],
+    target: str,
+) -> tuple[list[dlq_tools.DeadLetter], int]:
+    """Run ``choreo run tests.fixtures.crasher:TARGET`` again each time the culprit kills
+    it (exit 7), until ``done(dead letters of SERVICE)``; the letters and the deaths."""
+    deaths = 0
+    letters: list[dlq_tools.DeadLetter] = []
+    async with asyncio.timeout(120):
+        while True:
+            worker = subprocess.Popen(  # noqa: ASYNC220 - the test is the supervisor
+                [sys.executable, "-m", "choreo", "run", f"tests.fixtures.crasher:{target}",
+                 "--namespace", publisher.namespace, "--log-level", "WARNING",
+                 "--partition-heartbeat", "0.2"],
+                cwd=ROOT, env=env, stderr=STDERR,
+            )  # fmt: skip
+            try:
+                while worker.poll() is None:
+                    letters = await dlq_tools.list_dead_letters(publisher, service)
+                    if done(letters):
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                if worker.poll() is None:
+                    worker.terminate()
+                    worker.wait(timeout=WAIT)
+            if worker.returncode != 7:  # stopped by us, not by the culprit
+                return letters, deaths
+            deaths += 1
+            assert deaths <= DEFAULT_DELIVERY_LIMIT + 2, "the culprit keeps killing workers"
 
 
 async def _stubborn_worker(
@@ -415,30 +432,11 @@ async def test_a_crash_looping_message_in_a_partition_is_dead_lettered_in_order(
         return [(entry["key"], entry["seq"]) for entry in map(json.loads, lines)]
 
     wanted = {(key, seq) for key in "AB" for seq in range(10)} - {("A", 1)}
-    deaths = 0
-    letters: list[dlq_tools.DeadLetter] = []
-    async with asyncio.timeout(120):
-        while True:
-            worker = subprocess.Popen(  # noqa: ASYNC220 - the test is the supervisor
-                [sys.executable, "-m", "choreo", "run", "tests.fixtures.crasher:ordered",
-                 "--namespace", publisher.namespace, "--log-level", "WARNING",
-                 "--partition-heartbeat", "0.2"],
-                cwd=ROOT, env=env, stderr=STDERR,
-            )  # fmt: skip
-            try:
-                while worker.poll() is None:
-                    letters = await dlq_tools.list_dead_letters(publisher, "crasher-ordered")
-                    if letters and wanted <= set(started()):
-                        break
-                    await asyncio.sleep(0.1)
-            finally:
-                if worker.poll() is None:
-                    worker.terminate()
-                    worker.wait(timeout=WAIT)
-            if worker.returncode != 7:
-                break
-            deaths += 1
-            assert deaths <= DEFAULT_DELIVERY_LIMIT + 2, "the culprit keeps killing workers"
+
+    def done(letters: list[dlq_tools.DeadLetter]) -> bool:
+        return bool(letters) and wanted <= set(started())
+
+    letters, _ = await _supervise(publisher, "crasher-ordered", env, done, "ordered")
     (letter,) = letters
     assert letter.error_type == "KilledItsWorker"
     assert json.loads(letter.preview) == {"key": "A", "seq": 1, "crash": True}
