@@ -24,7 +24,7 @@ from typing import Any, TypeVar, Unpack
 
 from . import config, topology, wire
 from ._runtime.declare import Declarer
-from ._runtime.delays import DelayLevels, ordering_key_in
+from ._runtime.delays import DelayLevels
 from ._runtime.relays import Relays
 from ._runtime.requests import send_request
 from ._runtime.running import Running
@@ -32,7 +32,7 @@ from ._runtime.signals import run_until_signalled
 from ._runtime.worker import Setup
 from .delay import Delay, broker_seconds
 from .errors import ChoreoError, ConfigurationError, Unroutable
-from .events import Event, ordering_key_of
+from .events import Event, ordering_key_in, ordering_key_of
 from .observability import tracing
 from .service import Service
 from .settings import DEFAULT_REQUEST_TIMEOUT, BusOptions, Settings, settings_from
@@ -200,9 +200,10 @@ class Bus:
         message = wire.encode(
             event, correlation_id=correlation_id, causation_id=causation_id, headers=headers
         )
+        key = ordering_key_of(event)
         if delay:
-            return await self._delays.publish(message, broker_seconds(delay))
-        return await self._publish(message, ordering_key_of(event))
+            return await self._delays.publish(message, broker_seconds(delay), key)
+        return await self._publish(message, key)
 
     async def publish_json(
         self,
@@ -221,7 +222,8 @@ class Bus:
         message = wire.encode_json(
             event_name, payload, correlation_id=correlation_id, headers=headers
         )
-        return await self._publish(message, ordering_key_in(message) if key is None else key)
+        found = ordering_key_in(event_name, message.body) if key is None else key
+        return await self._publish(message, found)
 
     async def _publish(
         self, message: Message, key: str | None = None, routing_key: str | None = None

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from . import wire
 from .delay import Delay, seconds_of
 from .errors import ConfigurationError
-from .events import Event
+from .events import Event, ordering_key_of
 from .observability import tracing
 from .storage import Staging
 
@@ -185,7 +185,8 @@ class Context:
         )
         if tracing.ENABLED:
             tracing.inject(message.headers)
-        await self._staging.stage(message, time.time() + seconds_of(delay) if delay else None)
+        due = time.time() + seconds_of(delay) if delay else None
+        await self._staging.stage(message, due, ordering_key_of(event))
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
     @property

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from . import topology
-from ._runtime.delays import ordering_key_in
 from .errors import ChoreoError, ConnectionFailed
+from .events import ordering_key_in
 from .transports.base import Delivery, Transport
 from .wire import DeadLetter, for_replay, routing_key_died_with
 
@@ -126,7 +126,7 @@ def _bucket(delivery: Delivery, by_message_id: Callable[[str | None], None] | No
     bucket = routing_key_died_with(message)
     if bucket is not None and int(bucket) < topology.BUCKETS:
         return bucket
-    key = ordering_key_in(message)
+    key = ordering_key_in(message.type or "", message.body)
     if key is None:
         log.warning(
             "dead letter %s (%s) says not which bucket it was routed by: replayed by the "

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from .errors import ConfigurationError
 from .wire import check_name
 
-__all__ = ["Event", "event_name_of", "ordering_key_of", "snake_case"]
+__all__ = ["Event", "event_name_of", "ordering_key_in", "ordering_key_of", "snake_case"]
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -80,3 +80,31 @@ def ordering_key_of(event: Event) -> str | None:
     """The ordering key of ``event`` (``str()`` of its ``key=`` field), or ``None``."""
     key = type(event).__event_key__
     return None if key is None else str(getattr(event, key))
+
+
+_KEYED: dict[str, list[type[Event]]] = {}  # event name -> its classes that have a key=
+_INDEXED = [-1]  # how many direct subclasses Event had when _KEYED was built
+
+
+def ordering_key_in(name: str, body: bytes) -> str | None:
+    """The ordering key of an event already encoded (``name``, its JSON ``body``), as
+    ``ordering_key_of`` gives it: the body validated as the class of that name that has
+    ``key=``, among the classes this process defined. None when there is none (an event
+    without a key, a foreign one) or the body is not one. For what routes a message
+    without its event at hand: ``publish_json``, a replayed dead letter, a quarantine copy."""
+    if name not in _KEYED or len(Event.__subclasses__()) != _INDEXED[0]:  # new classes?
+        _KEYED.clear()
+        _INDEXED[0] = len(Event.__subclasses__())
+        pending: list[type[Event]] = [Event]
+        while pending:
+            for cls in pending.pop().__subclasses__():
+                pending.append(cls)
+                if "__event_name__" in vars(cls):  # every name, with its keyed classes
+                    keyed = _KEYED.setdefault(cls.__event_name__, [])
+                    keyed += [cls] if cls.__event_key__ is not None else []
+    for cls in _KEYED.get(name, ()):
+        try:
+            return ordering_key_of(cls.model_validate_json(body))
+        except ValueError:  # pydantic's ValidationError: not this class
+            continue
+    return None

@@ -39,7 +39,7 @@ from pydantic import BaseModel
 from . import wire
 from .context import Context
 from .errors import ConfigurationError, Reject
-from .events import Event, event_name_of
+from .events import Event, event_name_of, ordering_key_of
 from .observability import tracing
 from .retry import Retry
 from .service import EventTypes, F, Handler, HandlerFunc, Service
@@ -134,7 +134,7 @@ class SagaContext(Generic[S]):
         )
         if tracing.ENABLED:
             tracing.inject(message.headers)
-        await self._rows.schedule(ctx.session, message, seconds)
+        await self._rows.schedule(ctx.session, message, seconds, ordering_key_of(event))
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
     async def cancel(self, message_id: str) -> bool:

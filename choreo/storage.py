@@ -41,9 +41,12 @@ class Staging(Protocol):
     def session(self) -> Any:
         """The database session of the transaction (a SQLAlchemy ``AsyncSession``)."""
 
-    async def stage(self, message: Message, due: float | None = None) -> None:
+    async def stage(
+        self, message: Message, due: float | None = None, key: str | None = None
+    ) -> None:
         """Add ``message`` to the outbox, in this transaction; sent after the commit (not
-        before ``due``, seconds since the epoch, when given)."""
+        before ``due``, seconds since the epoch, when given), routed by the bucket of its
+        event's ordering ``key`` (None: it has none; the bucket of its message id)."""
 
 
 class Relaying(Protocol):

@@ -8,15 +8,15 @@ An event's dead letter also records its bucket (``wire.ROUTING_KEY_HEADER``), so
 ``choreo dlq replay`` can route it to the partition that owns its key: the routing key it
 was delivered with when that is a bucket, else (it came from the quarantine queue, or
 through the delay levels, whose routing keys are not its bucket) the bucket the publisher
-gave it, from its ordering key (``delays.ordering_key_in``) or else its message id.
+gave it, from its ordering key (``events.ordering_key_in``) or else its message id.
 """
 
 from __future__ import annotations
 
 from .. import topology
+from ..events import ordering_key_in
 from ..transports.base import Message, Transport
 from ..wire import dead_letter
-from .delays import ordering_key_in
 
 __all__ = ["routing_bucket", "send_to_dlq"]
 
@@ -53,4 +53,5 @@ def routing_bucket(message: Message, routing_key: str) -> str:
     """The bucket of the event ``message``, delivered with ``routing_key``."""
     if routing_key.isascii() and routing_key.isdigit() and int(routing_key) < topology.BUCKETS:
         return routing_key
-    return topology.routing_key_of(ordering_key_in(message), message.message_id)
+    key = ordering_key_in(message.type or "", message.body)
+    return topology.routing_key_of(key, message.message_id)

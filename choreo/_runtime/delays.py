@@ -1,8 +1,5 @@
 """Delayed publishing through the broker: a bus's delay levels (``choreo/delay.py`` says
 how they cascade), declared on its first delayed publish, and the publish into them.
-
-Also ``ordering_key_in``: the ordering key of an event already encoded, for what routes
-a message without its event at hand (a delayed publish, an outbox row, ``publish_json``).
 """
 
 from __future__ import annotations
@@ -13,40 +10,12 @@ import time
 from .. import topology, wire
 from ..delay import LEVELS
 from ..errors import ConfigurationError, Unroutable
-from ..events import Event, ordering_key_of
 from ..observability import tracing
 from ..observability.observer import Observer
 from ..transports.base import FANOUT, Message
 from .declare import Declarer
 
-__all__ = ["DelayLevels", "ordering_key_in"]
-
-_KEYED: dict[str, list[type[Event]]] = {}  # event name -> its classes that have a key=
-_INDEXED = [-1]  # how many direct subclasses Event had when _KEYED was built
-
-
-def ordering_key_in(message: Message) -> str | None:
-    """The ordering key of an encoded event, as ``ordering_key_of`` gives it for the event:
-    its body validated as the class of its name (``type``) that has ``key=``, among the
-    classes this process defined. None when no such class is loaded (a foreign event) or
-    the body is not one (consumers dead-letter it): routed by its message id then."""
-    name = message.type or ""
-    if name not in _KEYED or len(Event.__subclasses__()) != _INDEXED[0]:  # new classes?
-        _KEYED.clear()
-        _INDEXED[0] = len(Event.__subclasses__())
-        pending: list[type[Event]] = [Event]
-        while pending:
-            for cls in pending.pop().__subclasses__():
-                pending.append(cls)
-                if "__event_name__" in vars(cls):  # every name, with its keyed classes
-                    keyed = _KEYED.setdefault(cls.__event_name__, [])
-                    keyed += [cls] if cls.__event_key__ is not None else []
-    for cls in _KEYED.get(name, ()):
-        try:
-            return ordering_key_of(cls.model_validate_json(message.body))
-        except ValueError:  # pydantic's ValidationError: not this class
-            continue
-    return None
+__all__ = ["DelayLevels"]
 
 
 class DelayLevels:
@@ -59,12 +28,13 @@ class DelayLevels:
         self._deliver = topology.delay_delivery_name(namespace)
         self._ready: asyncio.Future[None] | None = None
 
-    async def publish(self, message: Message, seconds: int) -> str:
-        """Publish ``message`` (an encoded event) so that it reaches its exchange in
-        ``seconds`` (1 to ``delay.MAX_DELAY``); return its message id once confirmed. Its
-        bucket travels as a ``BCC`` routing key, so it reaches partition queues too."""
+    async def publish(self, message: Message, seconds: int, key: str | None) -> str:
+        """Publish ``message`` (an encoded event, its ordering ``key``) so that it reaches
+        its exchange in ``seconds`` (1 to ``delay.MAX_DELAY``); return its message id once
+        confirmed. Its bucket travels as a ``BCC`` routing key, so it reaches partition
+        queues too."""
         name = message.type or ""
-        bucket = _bucket(message, seconds)
+        bucket = _bucket(message, seconds, key)
         if tracing.ENABLED:
             tracing.inject(message.headers)
         declarer = self._declarer
@@ -120,12 +90,11 @@ class DelayLevels:
         self._ready = None
 
 
-def _bucket(message: Message, seconds: int) -> str:
+def _bucket(message: Message, seconds: int, key: str | None) -> str:
     """The bucket a delayed message carries (in ``BCC``): of its ordering key, else of its
     message id. Bucket 0 cannot start at level 20 (2**20 s or more): the level's ``0.#``
     binding would match it and send the message down, as well, as if that level's bit
     were 0 (``delay.py``); a keyed event is refused, one without a key takes bucket 1."""
-    key = ordering_key_in(message)
     bucket = topology.routing_key_of(key, message.message_id)
     if bucket != "0" or seconds < 1 << (LEVELS - 1):
         return bucket

@@ -115,9 +115,12 @@ class SagaRows:
         )
         return version + 1
 
-    async def schedule(self, session: AsyncSession, message: Message, delay: float) -> None:
-        """Stage ``message`` in the outbox, due ``delay`` seconds from now."""
-        await self.store.stage(session, message, delay)
+    async def schedule(
+        self, session: AsyncSession, message: Message, delay: float, key: str | None
+    ) -> None:
+        """Stage ``message`` (an event, its ordering ``key``) in the outbox, due ``delay``
+        seconds from now."""
+        await self.store.stage(session, message, delay, key)
 
     async def cancel(self, session: AsyncSession, message_id: str) -> bool:
         """Delete the unsent outbox row of ``message_id``; see ``Store.cancel``."""

@@ -29,10 +29,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .. import topology, wire
-from .._runtime.delays import ordering_key_in
 from ..clock import CLOCK
 from ..errors import ConfigurationError
-from ..events import Event, ordering_key_of
+from ..events import Event, ordering_key_in, ordering_key_of
 from ..observability import tracing
 from ..storage import Duplicate, Relaying, Send
 from ..transports.base import Message
@@ -151,9 +150,12 @@ class Store:
         await self.write(session, [self.row(message, _seconds(delay), _routed(message, event))])
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
-    async def stage(self, session: AsyncSession, message: Message, delay: float = 0.0) -> None:
-        """Insert ``message`` into the outbox in ``session``'s transaction."""
-        await self.write(session, [self.row(message, delay)])
+    async def stage(
+        self, session: AsyncSession, message: Message, delay: float = 0.0, key: str | None = None
+    ) -> None:
+        """Insert ``message`` (an event whose ordering key is ``key``) into the outbox in
+        ``session``'s transaction."""
+        await self.write(session, [self.row(message, delay, _bucket(message, key))])
 
     def row(
         self, message: Message, delay: float = 0.0, routing_key: str | None = None
@@ -270,12 +272,15 @@ class Transaction:
         self.staged += 1
         return message.message_id  # type: ignore[return-value]  # wire always sets it
 
-    async def stage(self, message: Message, due: float | None = None) -> None:
-        """Stage an encoded message (what ``ctx.publish`` of a stored service does). ``due``
+    async def stage(
+        self, message: Message, due: float | None = None, key: str | None = None
+    ) -> None:
+        """Stage an encoded message (what ``ctx.publish`` of a stored service does), its
+        event's ordering key ``key`` (None: it has none). ``due``
         (seconds since the epoch, as ``time.time()`` gives) is kept as a delay from now,
         so a row is due as long after its staging on choreo's clock (which tests move)."""
         delay = 0.0 if due is None else max(0.0, due - time.time())
-        self._rows.append(self.store.row(message, delay))
+        self._rows.append(self.store.row(message, delay, _bucket(message, key)))
         self.staged += 1
 
     async def flush(self) -> None:
@@ -294,9 +299,17 @@ def _encoded(
     return message
 
 
+def _bucket(message: Message, key: str | None) -> str:
+    """The routing key of an event whose ordering key is ``key`` (None: it has none)."""
+    return topology.routing_key_of(key, message.message_id)
+
+
 def _routed(message: Message, event: Event | None = None) -> str:
     """The routing key of an outbox row: the bucket of the event's ordering key (``event``
-    at hand, else read back from the message: a stored handler's ``ctx.publish``, a saga's
-    timeout), or of the message id when it has none, as ``Bus.publish`` routes it."""
-    key = ordering_key_of(event) if event is not None else ordering_key_in(message)
+    at hand, else read back from the message's body by its class: a message staged without
+    its key), or of the message id when it has none, as ``Bus.publish`` routes it."""
+    if event is not None:
+        key = ordering_key_of(event)
+    else:
+        key = ordering_key_in(message.type or "", message.body)
     return topology.routing_key_of(key, message.message_id)
