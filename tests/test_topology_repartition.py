@@ -188,6 +188,7 @@ async def test_eight_to_four(make_bus: Buses, transport: str) -> None:
     assert len(lines(out, "kept ")) == 1
 
 
+@pytest.mark.parametrize("transport", ["memory"])  # RabbitMQ: test_eight_to_four
 async def test_four_to_eight(make_bus: Buses, transport: str) -> None:
     """4 -> 8: p0..p3 keep only b % 8 == i, p4..p7 get the rest; each later publish
     reaches one queue, the one of its bucket % 8; nothing is deleted."""
@@ -220,6 +221,7 @@ async def test_four_to_eight(make_bus: Buses, transport: str) -> None:
     assert "nothing to rebind: the partition queues are bound as the plan says" in out
 
 
+@pytest.mark.parametrize("transport", ["memory"])  # RabbitMQ: test_eight_to_four
 async def test_from_one_queue_to_partitions(make_bus: Buses, transport: str) -> None:
     """An unpartitioned service made partitioned: its old queue is unbound from the event's
     exchange, and kept while it holds messages; deleted once empty."""
